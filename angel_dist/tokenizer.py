@@ -1,0 +1,85 @@
+"""Tokenizers: load a local/cached one, or train a byte-level BPE on a KB; fingerprint them.
+
+A trained tokenizer is saved as a BART fast tokenizer (`AutoTokenizer.from_pretrained(DIR)`
+loads it) with BART's special tokens, so models built from presets and tokenizers trained
+here behave like bart-base/large with their own vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tokenizers import ByteLevelBPETokenizer
+
+from angel_dist.atomic import atomic_path, write_json
+from angel_dist.kb.table import kb_fingerprint, read_kb_meta
+
+BART_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+INFO_FILE = "angel_tokenizer.json"
+
+
+def load_tokenizer(name_or_dir: str | Path):
+    """A fast HF tokenizer from a local directory or a name in the local HF cache."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
+    if not tokenizer.is_fast:
+        raise ValueError(f"{name_or_dir}: a fast (Rust) tokenizer is required, got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of vocabulary, merges and special/added tokens: what fixes the token ids."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    canonical = {
+        "type": model.get("type"),
+        "vocab": sorted(model.get("vocab", {}).items(), key=lambda kv: kv[1]),
+        "merges": merges,
+        "added": sorted((t["id"], t["content"], t["special"]) for t in spec.get("added_tokens", [])),
+        "special": sorted(tokenizer.special_tokens_map.items()),
+    }
+    payload = json.dumps(canonical, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def _kb_texts(kb_path: Path, batch_rows: int = 65536) -> Iterator[list[str]]:
+    parquet = pq.ParquetFile(kb_path)
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=["names", "definitions"]):
+        yield pc.list_flatten(batch.column("names")).to_pylist()
+        yield pc.list_flatten(batch.column("definitions")).to_pylist()
+
+
+def train_tokenizer(kb_path: str | Path, vocab_size: int, out_dir: str | Path,
+                    min_frequency: int = 2, progress: bool = True) -> dict:
+    """Train a byte-level BPE on the KB's names and definitions and save it to `out_dir`."""
+    kb_path = Path(kb_path)
+    meta = read_kb_meta(kb_path)
+    if vocab_size <= len(BART_SPECIAL_TOKENS) + 256:
+        raise ValueError(f"vocab_size must exceed {len(BART_SPECIAL_TOKENS) + 256} (special tokens + bytes)")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_kb_texts(kb_path), vocab_size=vocab_size, min_frequency=min_frequency,
+                            special_tokens=BART_SPECIAL_TOKENS, show_progress=progress)
+    from transformers import BartTokenizerFast
+
+    with atomic_path(out_dir, directory=True) as tmp:
+        bpe.save_model(str(tmp))
+        # Positional: the keyword names differ between transformers 4 and 5.
+        tokenizer = BartTokenizerFast(str(tmp / "vocab.json"), str(tmp / "merges.txt"))
+        tokenizer.save_pretrained(str(tmp))
+        info = {"fingerprint": tokenizer_fingerprint(tokenizer), "vocab_size": len(tokenizer),
+                "trained_on": {"kb": str(kb_path), "kb_fingerprint": meta["fingerprint"]},
+                "min_frequency": min_frequency}
+        write_json(tmp / INFO_FILE, info)
+    return info
+
+
+def kb_and_tokenizer_ids(kb_path: str | Path, tokenizer) -> dict:
+    """The fingerprints every artifact built from a KB and a tokenizer records."""
+    return {"kb_fingerprint": kb_fingerprint(kb_path), "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer)}
