@@ -34,38 +34,35 @@ class _Malformed(ValueError):
     pass
 
 
+def _scan(value: str, start: int, stops: str) -> tuple[str, int]:
+    """Unescape `value` from `start` up to the first unescaped character in `stops`."""
+    out, i = [], start
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            out.append(_ESCAPES.get(value[i + 1], value[i + 1]))
+            i += 2
+        elif c in stops:
+            break
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out), i
+
+
 def _quoted(value: str) -> tuple[str, str]:
     """Split `"text" rest` into (unescaped text, rest)."""
     if not value.startswith('"'):
         raise _Malformed("expected a quoted string")
-    out, i = [], 1
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and i + 1 < len(value):
-            out.append(_ESCAPES.get(value[i + 1], value[i + 1]))
-            i += 2
-        elif c == '"':
-            return "".join(out), value[i + 1:].strip()
-        else:
-            out.append(c)
-            i += 1
-    raise _Malformed("unterminated quoted string")
+    text, end = _scan(value, 1, '"')
+    if end == len(value):
+        raise _Malformed("unterminated quoted string")
+    return text, value[end + 1:].strip()
 
 
 def _plain(value: str) -> str:
     """An unquoted value without its `! comment` and trailing `{modifiers}`, unescaped."""
-    out, i = [], 0
-    while i < len(value):
-        c = value[i]
-        if c == "\\" and i + 1 < len(value):
-            out.append(_ESCAPES.get(value[i + 1], value[i + 1]))
-            i += 2
-            continue
-        if c == "!" or (c == "{" and value.rstrip().endswith("}")):
-            break
-        out.append(c)
-        i += 1
-    return "".join(out).strip()
+    return _scan(value, 0, "!{" if value.rstrip().endswith("}") else "!")[0].strip()
 
 
 class _Term:
