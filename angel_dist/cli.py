@@ -71,6 +71,45 @@ def _trie_build(args) -> None:
           f"{meta['bytes'] / max(meta['n_nodes'], 1):.2f} bytes/node, {meta['seconds']['total']} s")
 
 
+def _corpus_pretrain(args) -> None:
+    from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+
+    config = PretrainCorpusConfig(mention_scheme=args.mention_scheme, seed=args.seed,
+                                  max_source_tokens=args.max_source_tokens, shards=args.shards)
+    manifest = build_pretrain_corpus(args.kb, args.tokenizer, args.out, config, workers=args.workers,
+                                     overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {args.out}: {manifest['total']} examples of {manifest['counts']['concepts']} concepts in "
+          f"{manifest['n_shards']} shards ({manifest['run']['shards_written']} written now)")
+
+
+def _corpus_mentions(args) -> None:
+    from angel_dist.corpus.build import build_mention_corpus
+    from angel_dist.corpus.mention_examples import MentionExampleConfig
+
+    config = MentionExampleConfig(context=args.context, entity_type=args.entity_type,
+                                  syn_k=None if args.eval_only else args.syn_k)
+    manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
+                                    max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
+                                    workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    print(f"wrote {args.out}: {manifest['total']} examples in {manifest['n_shards']} shards; {counts}")
+
+
+def _corpus_inspect(args) -> None:
+    from angel_dist.shards.inspect import inspect_shards
+
+    print(inspect_shards(args.shards_dir, samples=args.samples, as_json=args.json))
+
+
+def _add_corpus_common(p) -> None:
+    p.add_argument("--tokenizer", required=True, help="a tokenizer directory or a name in the local HF cache")
+    p.add_argument("--out", required=True, help="shard set directory (shards/NAME)")
+    p.add_argument("--max-source-tokens", type=int, default=700)
+    p.add_argument("--workers", type=int, help="Ray tasks at a time (default: every CPU of the cluster)")
+    p.add_argument("--overwrite", action="store_true", help="replace a shard set built with other settings")
+    p.add_argument("--quiet", action="store_true")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="angel", description=__doc__)
     groups = p.add_subparsers(dest="group", required=True)
@@ -115,6 +154,31 @@ def parser() -> argparse.ArgumentParser:
     tb.add_argument("--out", required=True)
     tb.add_argument("--quiet", action="store_true")
     tb.set_defaults(run=_trie_build)
+    corpus = groups.add_parser("corpus", help="example shard sets").add_subparsers(dest="command", required=True)
+    cp = corpus.add_parser("pretrain", help="the KB-guided pretraining corpus of a KB, as WebDataset shards on Ray")
+    cp.add_argument("kb")
+    _add_corpus_common(cp)
+    cp.add_argument("--shards", type=int, help="number of shards (default: one per 100k names, at least 8)")
+    cp.add_argument("--mention-scheme", choices=("random", "most_sim"), default="most_sim")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.set_defaults(run=_corpus_pretrain)
+    cm = corpus.add_parser("mentions", help="a benchmark split (PubTator) as example shards")
+    cm.add_argument("--pubtator", required=True)
+    cm.add_argument("--kb", required=True)
+    _add_corpus_common(cm)
+    cm.add_argument("--shards", type=int, default=4)
+    cm.add_argument("--entity-type", help="keep mentions of this type only (BC5CDR: Disease or Chemical)")
+    target = cm.add_mutually_exclusive_group()
+    target.add_argument("--syn-k", type=int, default=3, help="training rows per mention: its k most similar gold names")
+    target.add_argument("--eval-only", action="store_true", help="one row per mention, no target")
+    cm.add_argument("--context", choices=("sentence", "document"), default="sentence")
+    cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error")
+    cm.set_defaults(run=_corpus_mentions)
+    ci = corpus.add_parser("inspect", help="manifest summary and a few decoded samples")
+    ci.add_argument("shards_dir")
+    ci.add_argument("--samples", type=int, default=3)
+    ci.add_argument("--json", action="store_true")
+    ci.set_defaults(run=_corpus_inspect)
     return p
 
 

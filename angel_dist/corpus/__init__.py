@@ -1,0 +1,1 @@
+"""Corpora: KB-guided pretraining examples and benchmark mention examples."""

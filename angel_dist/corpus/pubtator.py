@@ -1,0 +1,102 @@
+"""PubTator files (NCBI-disease, BC5CDR, MedMentions): documents and their annotated mentions.
+
+  PMID|t|title
+  PMID|a|abstract
+  PMID<TAB>start<TAB>end<TAB>mention<TAB>type<TAB>ids[<TAB>parts]    offsets into title + " " + abstract
+  PMID<TAB>CID<TAB>chemical<TAB>disease                             BC5CDR relation line (ignored)
+
+Documents are separated by blank lines. A line that fits none of these, a mention whose
+offsets do not match the text (beyond surrounding spaces), or an annotation of an unknown document is bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from angel_dist.errors import BadInputPolicy
+
+
+@dataclass
+class Mention:
+    start: int
+    end: int
+    text: str
+    type: str
+    ids: str  # as written: "D001|D002", "-1", "UMLS:C0010674"
+    line: int
+
+
+@dataclass
+class Document:
+    pmid: str
+    title: str = ""
+    abstract: str = ""
+    mentions: list[Mention] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return f"{self.title} {self.abstract}" if self.abstract else self.title
+
+
+def read_pubtator(path: str | Path, policy: BadInputPolicy | None = None) -> Iterator[Document]:
+    policy = policy or BadInputPolicy()
+    path = str(path)
+    doc: Document | None = None
+    pending: list[Mention] = []
+
+    def finish():
+        text = doc.text
+        for m in pending:
+            # NCBI-disease's train set pads a few mention fields with spaces the text lacks.
+            if text[m.start:m.end] != m.text and text[m.start:m.end].strip() == m.text.strip():
+                m.text = text[m.start:m.end]
+            if text[m.start:m.end] != m.text:
+                policy.bad(path, m.line, f"mention {m.text!r} does not match the text at {m.start}:{m.end} "
+                                         f"({text[m.start:m.end]!r})")
+                continue
+            doc.mentions.append(m)
+        return doc
+
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                policy.bad(path, lineno, f"not UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not line.strip():
+                if doc is not None:
+                    yield finish()
+                    doc, pending = None, []
+                continue
+            head = line.split("|", 2)
+            if len(head) == 3 and head[1] in ("t", "a") and "\t" not in head[0]:
+                pmid, section, text = head
+                if doc is not None and doc.pmid != pmid:
+                    yield finish()
+                    doc, pending = None, []
+                doc = doc or Document(pmid)
+                if section == "t":
+                    doc.title = text
+                else:
+                    doc.abstract = text
+                continue
+            fields = line.split("\t")
+            if len(fields) == 4 and doc is not None and fields[0] == doc.pmid:
+                continue  # relation line
+            if len(fields) not in (6, 7):
+                policy.bad(path, lineno, f"expected 'PMID|t|', 'PMID|a|' or 6-7 tab-separated fields, got {len(fields)}")
+                continue
+            if doc is None or fields[0] != doc.pmid:
+                policy.bad(path, lineno, f"annotation of document {fields[0]!r} outside its title/abstract block")
+                continue
+            try:
+                start, end = int(fields[1]), int(fields[2])
+            except ValueError:
+                policy.bad(path, lineno, f"offsets must be integers, got {fields[1]!r}, {fields[2]!r}")
+                continue
+            pending.append(Mention(start, end, fields[3], fields[4], fields[5], lineno))
+    if doc is not None:
+        yield finish()

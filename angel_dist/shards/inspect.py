@@ -1,0 +1,35 @@
+"""`angel corpus inspect`: what a shard set holds, and a few samples decoded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from angel_dist.shards.reader import Shard, iter_shard
+from angel_dist.shards.writer import read_manifest
+
+
+def inspect_shards(out: str | Path, samples: int = 3, as_json: bool = False) -> str:
+    manifest = read_manifest(out)
+    first = manifest["shards"][0]
+    shown = []
+    for sample in iter_shard(Shard(str(Path(out) / first["name"]), first["count"], first["sha256"])):
+        if len(shown) == samples:
+            break
+        shown.append({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in sample.items()})
+    if as_json:
+        return json.dumps({"manifest": manifest, "samples": shown}, indent=2, ensure_ascii=False)
+    sizes = [s["count"] for s in manifest["shards"]]
+    lines = [f"{out}: {manifest['total']} samples in {manifest['n_shards']} shards "
+             f"(min {min(sizes)}, max {max(sizes)} per shard), schema v{manifest['schema_version']}",
+             f"tokenizer {manifest.get('tokenizer_fingerprint')}, KB {manifest.get('kb_fingerprint')}",
+             "config: " + json.dumps(manifest["config"], sort_keys=True)]
+    for name, table in (("counts", manifest.get("counts")), ("stats", manifest.get("stats"))):
+        if table:
+            lines.append(f"{name}:")
+            lines += [f"  {k:<48} {v}" for k, v in table.items()]
+    for s in shown:
+        lines += ["", f"[{s['__key__']}] {s['kind']} cuis={s['cuis']}", f"  source: {s['source']}",
+                  f"  prefix: {s['prefix']}", f"  target: {s['target']}",
+                  f"  ids: source {len(s['source_ids'])}, prefix {len(s['prefix_ids'])}, target {len(s['target_ids'])}"]
+    return "\n".join(lines)
