@@ -177,10 +177,11 @@ class ShardStream(IterableDataset):
                     out.append(next(samples))
                     got += 1
             except (BadInputError, StopIteration) as e:
-                problem = e.problem if isinstance(e, BadInputError) else f"holds fewer samples than its manifest says"
+                problem = e.problem if isinstance(e, BadInputError) else "holds fewer samples than its manifest says"
                 policy.bad(shards[i].path, None, problem)
+                # The lost positions still count as read, so every reader keeps its place in the epoch.
                 self.skipped += want - got
-                self._cursor = None
+                got, self._cursor = want, None
             if self._cursor is not None:
                 self._cursor = (i, offset + got, samples)
             if offset + got >= shards[i].count:
@@ -224,6 +225,8 @@ class ShardStream(IterableDataset):
                 yield batch
             skip = 0
             block += 1
+        if self.skipped:  # lost samples after this reader's last batch still reach the loader's count
+            yield {"skipped": self.skipped}
         policy.report(sys.stderr)
 
 
@@ -268,7 +271,8 @@ class ShardLoader:
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
                             persistent_workers=False, multiprocessing_context="fork" if self.num_workers else None)
         for batch in loader:
-            self.batch += 1
             self.skipped += batch.pop("skipped")
-            yield batch
+            if batch:
+                self.batch += 1
+                yield batch
         self.epoch, self.batch = self.epoch + 1, 0

@@ -1,0 +1,319 @@
+"""Examples before sharding: KB-guided templates, mention choice, the 700-token cap, PubTator mentions, SYN-k."""
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from angel_dist.corpus.encode import encode_examples
+from angel_dist.corpus.example import Example
+from angel_dist.corpus.kb_examples import TEMPLATES, KbExampleConfig, concept_examples, kb_examples
+from angel_dist.corpus.mention_examples import KbIndex, MentionExampleConfig, mention_examples
+from angel_dist.corpus.pubtator import read_pubtator
+from angel_dist.corpus.sentences import sentence_spans, window
+from angel_dist.corpus.similarity import CharTfidf
+from angel_dist.errors import BadInputError, BadInputPolicy
+from angel_dist.gold import canonical_id, split_gold
+from angel_dist.kb.medic import read_medic
+from angel_dist.kb.obo import OboConfig, read_obo
+from angel_dist.kb.table import assemble_kb
+from conftest import DATA, needs_data
+
+ALL_TEMPLATES = {(form, t) for (_, form), ts in TEMPLATES.items() for t in ts}
+
+
+def _table(names: dict[str, list[str]], definitions: dict[str, list[str]] | None = None) -> pa.Table:
+    definitions = definitions or {}
+    return pa.table({"cui": list(names), "names": list(names.values()),
+                     "definitions": [definitions.get(c, []) for c in names]})
+
+
+def _tfidf(table):
+    return CharTfidf.fit(pc.list_flatten(table["names"]).to_pylist())
+
+
+@pytest.fixture(scope="module")
+def medic():
+    names, attributes, _ = read_medic(DATA / "kb" / "medic_06Jul2012.txt", BadInputPolicy())
+    return assemble_kb(names, attributes)[0]
+
+
+@pytest.fixture(scope="module")
+def medic_tfidf(medic):
+    return _tfidf(medic)
+
+
+@pytest.fixture(scope="module")
+def do_rare():
+    names, attributes, _ = read_obo(DATA / "kb" / "DO_rare_slim.obo", OboConfig(), BadInputPolicy())
+    return assemble_kb(names, attributes)[0]
+
+
+def _check_example_shape(e: Example, names: list[str], definitions: list[str]):
+    """The exact GenBioEL input of one example, given its concept."""
+    mention = e.prefix[: -len(" is")]
+    assert e.prefix.endswith(" is") and mention in names and e.target in names and e.kind == "kb"
+    assert e.source[e.mention_span[0]:e.mention_span[1]] == mention
+    marked = f"START {mention} END"
+    template, form, family = e.meta["template"], e.meta["form"], e.meta["family"]
+    assert template in TEMPLATES[(family, form)]
+    if form == "prefix":
+        assert e.source.startswith(f"{marked} {template} ") and e.keep == "head"
+        context = e.source[len(f"{marked} {template} "):]
+    else:
+        assert e.source.endswith(f" {template} {marked}") and e.keep == "tail"
+        context = e.source[: -len(f" {template} {marked}")]
+    if family == "definition":
+        assert definitions
+        assert context in definitions or any(context == f"{a} {b}" for a in definitions for b in definitions if a != b)
+    elif family == "synonyms":
+        assert not definitions and len(names) >= 2
+        parts = context.split(", ")
+        others = [n for n in names if n != mention]
+        assert 1 <= len(parts) <= 3 and set(parts) <= set(others) and len(parts) == min(3, len(others))
+    else:
+        assert len(names) == 1 and context == mention == e.target
+
+
+@needs_data
+def test_every_template_and_form_on_disease_ontology(do_rare):
+    examples = list(kb_examples(do_rare, KbExampleConfig(), _tfidf(do_rare)))
+    assert len(examples) == pc.sum(pc.list_value_length(do_rare["names"])).as_py()
+    seen = Counter((e.meta["form"], e.meta["template"]) for e in examples)
+    assert set(seen) == ALL_TEMPLATES
+    rows = {r["cui"]: r for r in do_rare.to_pylist()}
+    for e in examples:
+        _check_example_shape(e, rows[e.cuis[0]]["names"], rows[e.cuis[0]]["definitions"] or [])
+
+
+@needs_data
+def test_medic_without_definitions_uses_synonym_and_self_templates(medic, medic_tfidf):
+    examples = list(kb_examples(medic, KbExampleConfig(), medic_tfidf))
+    assert len(examples) == 72974
+    seen = {(e.meta["form"], e.meta["template"]) for e in examples}
+    assert seen == {(form, t) for (family, form), ts in TEMPLATES.items() if family != "definition" for t in ts}
+    rows = {r["cui"]: r for r in medic.to_pylist()}
+    for e in examples[::17]:
+        _check_example_shape(e, rows[e.cuis[0]]["names"], [])
+    # Every (concept, synonym) is a target exactly once.
+    assert Counter((e.cuis[0], e.target) for e in examples).most_common(1)[0][1] == 1
+
+
+def test_rules_on_hand_made_concepts():
+    table = _table({"C1": ["alpha", "alpha one", "beta gamma", "delta", "eps"], "C2": ["lonely"],
+                    "C3": ["x syndrome", "syndrome x"]},
+                   {"C3": ["A first definition.", "A second one.", "A first definition."]})
+    examples = list(kb_examples(table, KbExampleConfig(mention_scheme="random", seed=4), None))
+    rows = {r["cui"]: r for r in table.to_pylist()}
+    assert [e.key for e in examples] == ["kb-C1-0", "kb-C1-1", "kb-C1-2", "kb-C1-3", "kb-C1-4", "kb-C2-0",
+                                         "kb-C3-0", "kb-C3-1"]
+    for e in examples:
+        names = rows[e.cuis[0]]["names"]
+        _check_example_shape(e, names, list(dict.fromkeys(rows[e.cuis[0]]["definitions"])))
+        if len(names) > 1:
+            assert e.prefix != f"{e.target} is"  # the mention is another synonym
+    lonely = examples[5]
+    assert lonely.source in ("START lonely END is lonely", "START lonely END is the same as lonely")
+
+
+def test_examples_depend_only_on_seed_and_concept(do_rare_or_synthetic):
+    table = do_rare_or_synthetic
+    tfidf = _tfidf(table)
+    whole = {e.key: e for e in kb_examples(table, KbExampleConfig(), tfidf)}
+    parts = {}
+    for lo in range(0, table.num_rows, 97):  # any slicing, as shards slice the KB
+        parts.update({e.key: e for e in kb_examples(table.slice(lo, 97), KbExampleConfig(), tfidf)})
+    assert parts == whole
+    other = {e.key: e for e in kb_examples(table, KbExampleConfig(seed=1), tfidf)}
+    assert other.keys() == whole.keys()
+    assert sum(other[k].source != whole[k].source for k in whole) > len(whole) // 4
+
+
+@pytest.fixture(scope="module")
+def do_rare_or_synthetic():
+    if DATA.exists():
+        names, attributes, _ = read_obo(DATA / "kb" / "DO_rare_slim.obo", OboConfig(), BadInputPolicy())
+        return assemble_kb(names, attributes)[0].slice(0, 600)
+    rng = np.random.default_rng(0)
+    words = ["renal", "cardiac", "failure", "acute", "syndrome", "type", "tumor", "ataxia"]
+    return _table({f"C{i}": list(dict.fromkeys(" ".join(rng.choice(words, 3)) for _ in range(1 + i % 4)))
+                   for i in range(600)}, {f"C{i}": ["Some definition."] for i in range(0, 600, 3)})
+
+
+def test_most_sim_picks_the_most_similar_other_synonym(do_rare_or_synthetic):
+    table = do_rare_or_synthetic
+    tfidf = _tfidf(table)
+    examples = list(kb_examples(table, KbExampleConfig(mention_scheme="most_sim"), tfidf))
+    rows = {r["cui"]: r["names"] for r in table.to_pylist()}
+    checked = 0
+    for e in examples:
+        names = rows[e.cuis[0]]
+        mention = e.prefix[: -len(" is")]
+        if len(names) == 1:
+            assert mention == e.target
+            continue
+        vectors = tfidf.transform(names).toarray()
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        j = names.index(e.target)
+        sims = vectors @ vectors[j]
+        sims[j] = -np.inf
+        assert sims[names.index(mention)] == pytest.approx(sims.max(), abs=1e-6)
+        checked += 1
+    assert checked > 100
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from angel_dist.kb.table import write_kb
+    from angel_dist.tokenizer import load_tokenizer, train_tokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    table, _ = assemble_kb(pa.table({"cui": ["C1", "C1"], "name": ["alpha", "beta"]}),
+                           pa.table({"cui": ["C1"], "definitions": [["gamma delta word end start is w1 w2 w3"]]}))
+    write_kb(table, d / "kb.parquet", {"format": "test"})
+    train_tokenizer(d / "kb.parquet", 400, d / "tok", progress=False)
+    return load_tokenizer(d / "tok")
+
+
+def test_700_token_cap_keeps_head_or_tail_and_the_mention(tokenizer):
+    long_def = " ".join(f"w{i}" for i in range(2000)) + "."
+    table = _table({"C1": ["alpha", "beta"]}, {"C1": [long_def]})
+    all_examples = [e for s in range(20) for e in kb_examples(table, KbExampleConfig("random", s), None)]
+    assert {e.meta["form"] for e in all_examples} == {"prefix", "suffix"}
+    encoded = encode_examples(all_examples, tokenizer, 700)
+    for enc in encoded:
+        e = enc.example
+        ids = enc.source_ids.tolist()
+        assert len(ids) == 700 and ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+        assert e.source[e.mention_span[0]:e.mention_span[1]] in ("alpha", "beta")
+        if e.meta["form"] == "prefix":
+            assert e.source.startswith("START") and " w0 " in e.source and "w1999" not in e.source
+        else:
+            assert e.source.endswith("END") and "w1999." in e.source and " w0 " not in e.source
+        # The text was cut where the kept tokens were.
+        assert tokenizer.decode(ids[1:-1]).strip() == e.source
+        assert enc.target_ids[-1] == tokenizer.eos_token_id
+        assert enc.target_ids[:-1].tolist() == tokenizer(" " + e.target, add_special_tokens=False)["input_ids"]
+        assert enc.prefix_ids.tolist() == tokenizer(" " + e.prefix, add_special_tokens=False)["input_ids"]
+
+
+def test_sentence_windows():
+    title = "Hereditary ataxia in mice."
+    abstract = ("Dr. Smith et al. studied type 2 diabetes, e.g. in Fig. 3 of J. Smith. It was severe! "
+                "Mutations (n=3) were found. \"Quoted\" sentence here.")
+    text = f"{title} {abstract}"
+    spans = sentence_spans(text, hard_breaks=(len(title),))
+    sentences = [text[a:b] for a, b in spans]
+    assert sentences == [title, "Dr. Smith et al. studied type 2 diabetes, e.g. in Fig. 3 of J. Smith.",
+                         "It was severe!", "Mutations (n=3) were found.", "\"Quoted\" sentence here."]
+    start = text.index("diabetes")
+    assert window(spans, start, start + 8) == spans[1]
+    # A mention across a boundary joins both sentences.
+    start = text.index("severe")
+    assert window(spans, start, text.index("were")) == (spans[2][0], spans[3][1])
+
+
+def test_gold_ids():
+    assert split_gold("D001|D002+D003") == ["D001", "D002", "D003"]
+    assert [canonical_id(x) for x in ["UMLS:C0010674", "MESH:D012", "OMIM:1234", "D5"]] == \
+        ["C0010674", "D012", "OMIM:1234", "D5"]
+
+
+def _pubtator(tmp_path, body: str):
+    path = tmp_path / "x.pubtator"
+    path.write_text(body)
+    return path
+
+
+GOOD = ("1|t|Ataxia telangiectasia.\n1|a|A rare disease. It is bad.\n"
+        "1\t0\t21\tAtaxia telangiectasia\tDisease\tD001260\n"
+        "1\t25\t37\trare disease\tDisease\t-1\n\n")
+
+
+def test_bad_pubtator_input_names_file_and_line(tmp_path):
+    bad = GOOD + "2|t|Title here.\n2|a|Abstract.\n2\t0\t5\tTitle\tDisease\n2\t0\t4\tNope\tDisease\tD1\n"
+    path = _pubtator(tmp_path, bad)
+    with pytest.raises(BadInputError) as err:
+        list(read_pubtator(path))
+    assert str(path) in str(err.value) and ":8:" in str(err.value) and "got 5" in str(err.value)
+    policy = BadInputPolicy("skip")
+    docs = list(read_pubtator(path, policy))
+    assert [len(d.mentions) for d in docs] == [2, 0] and policy.total_skipped == 2
+    assert any(":9:" in e and "does not match" in e for e in policy.examples)
+    _pubtator(tmp_path, "1|t|T.\n1\tx\t5\tT\tD\tD1\n")
+    with pytest.raises(BadInputError, match="integers"):
+        list(read_pubtator(tmp_path / "x.pubtator"))
+
+
+def test_unlinked_and_other_types_are_counted(tmp_path):
+    path = _pubtator(tmp_path, GOOD + "3|t|Aspirin.\n3\t0\t7\tAspirin\tChemical\tD001241\n")
+    kb = KbIndex(_table({"D001260": ["ataxia telangiectasia", "louis bar syndrome"]}))
+    table = _table({"D001260": ["ataxia telangiectasia", "louis bar syndrome"]})
+    examples, counts = mention_examples(read_pubtator(path), kb, _tfidf(table),
+                                        MentionExampleConfig(entity_type="Disease", syn_k=3))
+    assert counts["documents"] == 2 and counts["mentions_read"] == 3
+    assert counts["other_entity_type"] == 1 and counts["unlinked_dropped"] == 1 and counts["mentions_kept"] == 1
+    assert [e.target for e in examples] == ["ataxia telangiectasia", "louis bar syndrome"]
+    assert examples[0].source == "START Ataxia telangiectasia END ." and examples[0].prefix == "Ataxia telangiectasia is"
+
+
+@needs_data
+def test_ncbi_dev_mentions_match_the_text(medic, medic_tfidf):
+    docs = list(read_pubtator(DATA / "ncbi" / "NCBIdevelopset_corpus.txt"))
+    mentions = [(d, m) for d in docs for m in d.mentions]
+    assert len(docs) == 100 and len(mentions) == 787
+    assert all(d.text[m.start:m.end] == m.text for d, m in mentions)
+    kb = KbIndex(medic)
+    examples, counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(syn_k=None))
+    assert len(examples) == counts["mentions_kept"] == 787 and all(e.target == "" for e in examples)
+    for e, (d, m) in zip(examples, mentions):
+        assert e.source[e.mention_span[0]:e.mention_span[1]] == " ".join(m.text.split())
+        assert f"START {' '.join(m.text.split())} END" in e.source and e.cuis == split_gold(m.ids)
+        lo, hi = window(sentence_spans(d.text, (len(d.title),)), m.start, m.end)
+        t = d.text
+        assert e.source == " ".join(f"{t[lo:m.start]} START {m.text} END {t[m.end:hi]}".split())
+    assert counts["gold_missing_from_kb"] == 0  # MEDIC is NCBI-disease's own KB
+
+
+@needs_data
+def test_syn_k_targets_are_the_most_similar_gold_names(medic, medic_tfidf):
+    docs = list(read_pubtator(DATA / "ncbi" / "NCBIdevelopset_corpus.txt"))[:30]
+    kb, tfidf = KbIndex(medic), medic_tfidf
+    examples, counts = mention_examples(docs, kb, tfidf, MentionExampleConfig(syn_k=3))
+    by_mention: dict[str, list[Example]] = {}
+    for e in examples:
+        by_mention.setdefault(e.group, []).append(e)
+    assert len(by_mention) == counts["mentions_kept"] > 100
+    from angel_dist.kb.normalize import normalize_name
+
+    for rows in by_mention.values():
+        gold_names = list(dict.fromkeys(n for g in rows[0].cuis for n in (kb.names(g) or ())))
+        assert len(rows) == min(3, len(gold_names))
+        assert [e.meta["syn_rank"] for e in rows] == list(range(len(rows)))
+        q = tfidf.transform([normalize_name(rows[0].meta["mention"])]).toarray()[0]
+        c = tfidf.transform(gold_names).toarray()
+        sims = c @ q / np.maximum(np.linalg.norm(c, axis=1) * max(np.linalg.norm(q), 1e-12), 1e-12)
+        chosen = [sims[gold_names.index(e.target)] for e in rows]
+        assert chosen == sorted(chosen, reverse=True)
+        assert min(chosen) >= np.sort(sims)[::-1][len(rows) - 1] - 1e-9
+
+
+@needs_data
+def test_bc5cdr_and_medmentions_ids(medic, medic_tfidf):
+    docs = list(read_pubtator(DATA / "bc5cdr" / "CDR_DevelopmentSet.PubTator.txt"))
+    kb = KbIndex(medic)
+    examples, counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(entity_type="Disease", syn_k=None))
+    read = counts["mentions_read"]
+    # Gold concepts absent from the KB: kept for evaluation (they count as misses) and counted.
+    missing = sum(all(kb.names(g) is None for g in e.cuis) for e in examples)
+    assert counts["gold_missing_from_kb"] == missing > 0 and len(examples) == counts["mentions_kept"]
+    train, train_counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(entity_type="Disease"))
+    assert train_counts["mentions_kept"] == counts["mentions_kept"] - missing
+    assert {e.group for e in train} <= {e.group for e in examples}
+    assert counts["unlinked_dropped"] > 0 and counts["other_entity_type"] > 0
+    assert read == counts["other_entity_type"] + counts["unlinked_dropped"] + counts["mentions_kept"]
+    mm = list(read_pubtator(DATA / "medmentions" / "med_mentions_3docs.pubtator.txt"))
+    examples, _ = mention_examples(mm, KbIndex(medic), medic_tfidf, MentionExampleConfig(syn_k=None))
+    assert examples and all(c.startswith("C") and ":" not in c for e in examples for c in e.cuis)

@@ -1,0 +1,277 @@
+"""Shard sets: atomic idempotent writing on Ray, standard tar compatibility, exact-resume reading."""
+
+import io
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+from angel_dist.errors import BadInputError
+from angel_dist.kb.table import assemble_kb, write_kb
+from angel_dist.shards.format import npy_bytes, parse_npy
+from angel_dist.shards.reader import ReaderConfig, ShardLoader, open_shard_sets
+from angel_dist.shards.tar import TarFormatError, TarStreamWriter, iter_members, member_header
+from angel_dist.shards.writer import read_manifest
+from angel_dist.tokenizer import train_tokenizer
+
+WORDS = ["acute", "chronic", "renal", "cardiac", "failure", "syndrome", "disease", "type", "neural", "tumor",
+         "hepatic", "lesion", "infection", "deficiency", "hereditary", "ataxia", "fibrosis", "pulmonary"]
+
+
+def _synthetic_kb(path, n=600, seed=1):
+    rng = np.random.default_rng(seed)
+    cuis, names, defs = [], [], []
+    for c in range(n):
+        cui = f"C{c:07d}"
+        for _ in range(int(rng.integers(1, 5))):
+            cuis.append(cui)
+            names.append(" ".join(rng.choice(WORDS, size=int(rng.integers(1, 4)))))
+        defs.append([" ".join(rng.choice(WORDS, size=12)) + "."] * int(rng.integers(0, 3)))
+    attributes = pa.table({"cui": [f"C{c:07d}" for c in range(n)], "definitions": defs})
+    table, _ = assemble_kb(pa.table({"cui": cuis, "name": names}), attributes)
+    write_kb(table, path, {"format": "test"})
+
+
+@pytest.fixture(scope="module")
+def kb_tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kb")
+    _synthetic_kb(d / "kb.parquet")
+    train_tokenizer(d / "kb.parquet", 600, d / "tok", progress=False)
+    return d / "kb.parquet", str(d / "tok")
+
+
+@pytest.fixture(scope="module")
+def corpus(kb_tok, ray_local, tmp_path_factory):
+    kb, tok = kb_tok
+    out = tmp_path_factory.mktemp("c") / "kb"
+    build_pretrain_corpus(kb, tok, out, PretrainCorpusConfig(shards=5), workers=2, progress=False)
+    return out
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_manifest_counts_and_rerun_is_byte_identical(corpus, kb_tok, tmp_path):
+    kb, tok = kb_tok
+    manifest = read_manifest(corpus)
+    names = pq.read_table(kb, columns=["names"])["names"]
+    assert manifest["total"] == sum(len(n) for n in names.to_pylist())
+    assert manifest["n_shards"] == 5 and sum(s["count"] for s in manifest["shards"]) == manifest["total"]
+    assert manifest["tokenizer_fingerprint"] and manifest["kb_fingerprint"]
+    before = _files(corpus)
+    again = build_pretrain_corpus(kb, tok, corpus, PretrainCorpusConfig(shards=5), workers=2, progress=False)
+    assert again["run"]["shards_written"] == 0
+    fresh = tmp_path / "fresh"
+    build_pretrain_corpus(kb, tok, fresh, PretrainCorpusConfig(shards=5), workers=1, progress=False)
+    assert _files(fresh) == before == _files(corpus)
+
+
+def test_other_settings_refuse_the_directory(corpus, kb_tok):
+    kb, tok = kb_tok
+    with pytest.raises(ValueError, match="another shard set"):
+        build_pretrain_corpus(kb, tok, corpus, PretrainCorpusConfig(shards=5, seed=9), workers=2, progress=False)
+
+
+def test_killed_writer_leaves_consistent_set_and_rerun_completes(corpus, kb_tok, tmp_path):
+    kb, tok = kb_tok
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "angel_dist.cli", "corpus", "pretrain", str(kb), "--tokenizer", tok,
+           "--out", str(out), "--shards", "5", "--workers", "1", "--quiet"]
+    env = dict(os.environ, RAY_ADDRESS="")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("shard-*.json")) and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Whatever the moment of the kill: no manifest unless everything is complete, no half tar under a final name.
+    if (out / "manifest.json").exists():
+        assert len(list(out.glob("shard-*.json"))) == 5
+    else:
+        with pytest.raises(FileNotFoundError, match="no manifest.json"):
+            open_shard_sets(out)
+    # Simulate the worst moments explicitly too: a half-written temporary tar and a tar without its record.
+    (out / ".shard-00003.tar.tmp-dead").write_bytes(b"partial")
+    (out / "shard-00004.tar").write_bytes(b"\0" * 1024)
+    (out / "shard-00004.json").unlink(missing_ok=True)
+    manifest = build_pretrain_corpus(kb, tok, out, PretrainCorpusConfig(shards=5), workers=2, progress=False)
+    assert manifest["run"]["shards_written"] >= 1
+    assert not list(out.glob(".shard-*"))
+    assert _files(out) == _files(corpus)
+
+
+def test_standard_readers_read_the_shards(corpus):
+    import ray
+    import webdataset as wds
+
+    manifest = read_manifest(corpus)
+    tars = sorted(str(p) for p in corpus.glob("shard-*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode())
+    assert len(samples) == manifest["total"]
+    s = samples[0]
+    assert set(s["json"]) >= {"source", "prefix", "target", "cuis", "kind", "lengths"}
+    assert s["ids.npy"].dtype == np.int32 and len(s["ids.npy"]) == sum(s["json"]["lengths"])
+    assert ray.data.read_webdataset(tars).count() == manifest["total"]
+    with tarfile.open(tars[0]) as tf:
+        names = tf.getnames()
+    assert len(names) == 2 * manifest["shards"][0]["count"]
+
+
+def _keys(loader, n=None):
+    return [tuple(b["keys"]) for b in itertools.islice(loader, n)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_reader_resumes_exactly(corpus, world_size):
+    config = ReaderConfig(batch_size=8, shuffle_buffer=40, bucket=True, seed=3)
+    seen = []
+    for rank in range(world_size):
+        def make():
+            return ShardLoader(corpus, config, rank=rank, world_size=world_size, num_workers=2)
+        full = make()
+        epoch0 = _keys(full)
+        epoch1 = _keys(full)
+        assert len(epoch0) == len(full) and epoch0 != epoch1
+        seen += [k for b in epoch0 for k in b]
+        for cut in (1, 7, len(epoch0) // 2):
+            first = make()
+            head = _keys(first, cut)
+            state = json.loads(json.dumps(first.state_dict()))
+            resumed = make()
+            resumed.load_state_dict(state)
+            assert head + _keys(resumed) == epoch0
+            assert _keys(resumed) == epoch1
+    total = read_manifest(corpus)["total"]
+    assert len(seen) == len(set(seen)) >= total - 2 * world_size
+
+
+def test_reader_state_from_another_layout_is_refused(corpus):
+    a = ShardLoader(corpus, ReaderConfig(batch_size=8), world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        ShardLoader(corpus, ReaderConfig(batch_size=8), world_size=1).load_state_dict(a.state_dict())
+
+
+def test_reader_batches_are_padded_with_target_mask(corpus):
+    batch = next(iter(ShardLoader(corpus, ReaderConfig(batch_size=4, shuffle=False), pad_id=1, decoder_start_id=2)))
+    assert batch["source_ids"].shape == batch["source_mask"].shape
+    assert (batch["source_ids"][~batch["source_mask"]] == 1).all()
+    assert (batch["decoder_ids"][:, 0] == 2).all()
+    for i in range(4):
+        n_target = int(batch["target_mask"][i].sum())
+        assert n_target >= 2  # at least one name token and eos
+        last = int(batch["decoder_mask"][i].sum()) - 1
+        assert batch["target_mask"][i, last] and not batch["target_mask"][i, : last + 1 - n_target].any()
+
+
+def test_reader_refuses_another_tokenizer(corpus):
+    theirs = read_manifest(corpus)["tokenizer_fingerprint"]
+    with pytest.raises(ValueError, match=f"{theirs}.*mine-123|mine-123.*{theirs}"):
+        ShardLoader(corpus, tokenizer_fingerprint="mine-123")
+
+
+def _corrupt_copy(corpus, tmp_path, damage):
+    import shutil
+
+    out = tmp_path / "bad"
+    shutil.copytree(corpus, out)
+    tar = out / "shard-00000.tar"
+    tar.write_bytes(damage(tar.read_bytes()))
+    return out, tar
+
+
+def test_truncated_shard_names_shard_and_member(corpus, tmp_path):
+    out, tar = _corrupt_copy(corpus, tmp_path, lambda b: b[: len(b) // 2 + 100])
+    loader = ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False))
+    with pytest.raises(BadInputError) as err:
+        list(loader)
+    assert str(tar) in str(err.value) and "member" in str(err.value) and "truncated" in str(err.value)
+    skipping = ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False, on_bad_input="skip"))
+    n = sum(len(b["keys"]) for b in skipping)
+    assert skipping.skipped > 0
+    assert n + skipping.skipped == read_manifest(out)["total"]
+
+
+def test_flipped_byte_is_caught_by_the_manifest_hash(corpus, tmp_path):
+    def flip(b):
+        b = bytearray(b)
+        b[700] ^= 0x20  # inside the first member's data
+        return bytes(b)
+    out, tar = _corrupt_copy(corpus, tmp_path, flip)
+    with pytest.raises(BadInputError, match="sha256|checksum"):
+        list(ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False)))
+
+
+@pytest.mark.parametrize("name", ["../evil.json", "/etc/evil.json", "a/../../evil.json"])
+def test_unsafe_member_paths_are_rejected(name):
+    # Built with tarfile, as a hostile archive would be.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(TarFormatError, match=r"absolute or contains '\.\.'"):
+        list(iter_members(buf.getvalue(), "hostile.tar"))
+    with pytest.raises(ValueError):
+        member_header(name, 2)
+
+
+def test_tar_round_trip_with_tarfile_and_npy():
+    buf = io.BytesIO()
+    w = TarStreamWriter(buf)
+    payloads = {"k1.json": b'{"a":1}', "k1.ids.npy": npy_bytes(np.arange(5)), "k2.json": b"x" * 1000}
+    for name, data in payloads.items():
+        w.add(name, data)
+    w.close()
+    data = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        assert {m.name: tf.extractfile(m).read() for m in tf} == payloads
+    ours = {m.name: data[m.offset:m.offset + m.size] for m in iter_members(data, "t.tar")}
+    assert ours == payloads
+    assert parse_npy(payloads["k1.ids.npy"]).tolist() == [0, 1, 2, 3, 4]
+    ref = io.BytesIO()
+    np.save(ref, np.arange(5, dtype="<i4"))
+    assert ref.getvalue() == payloads["k1.ids.npy"]
+
+
+def test_cli_inspect(corpus, capsys):
+    from angel_dist.cli import main
+
+    assert main(["corpus", "inspect", str(corpus), "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"{read_manifest(corpus)['total']} samples in 5 shards" in out
+    assert out.count("START") >= 2 and out.count("  target: ") == 2
+
+
+def test_mention_corpus_cli_train_and_eval(kb_tok, ray_local, tmp_path, capsys):
+    from angel_dist.cli import main
+
+    kb, tok = kb_tok
+    rows = pq.read_table(kb, columns=["cui", "names"]).to_pylist()[:40]
+    lines = []
+    for d, row in enumerate(rows):
+        title = f"A study of {row['names'][0]}."
+        lines += [f"{d}|t|{title}", f"{d}|a|Nothing else here.",
+                  f"{d}\t11\t{11 + len(row['names'][0])}\t{row['names'][0]}\tDisease\t{row['cui']}", ""]
+    lines += ["99|t|Unlinked thing.", "99\t0\t8\tUnlinked\tDisease\t-1", ""]
+    pubtator = tmp_path / "docs.txt"
+    pubtator.write_text("\n".join(lines) + "\n")
+    common = ["corpus", "mentions", "--pubtator", str(pubtator), "--kb", str(kb), "--tokenizer", tok, "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "eval"), "--eval-only"]) == 0
+    assert main(common + ["--out", str(tmp_path / "train"), "--syn-k", "2"]) == 0
+    evaluation, train = read_manifest(tmp_path / "eval"), read_manifest(tmp_path / "train")
+    assert evaluation["total"] == 40 and evaluation["counts"]["unlinked_dropped"] == 1
+    assert train["total"] == sum(min(2, len(r["names"])) for r in rows)
+    batch = next(iter(ShardLoader(tmp_path / "eval", ReaderConfig(batch_size=64, shuffle=False))))
+    assert len(batch["keys"]) == 40 and all(t == "" for t in batch["targets"])
+    assert not batch["target_mask"].any()
