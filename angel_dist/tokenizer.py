@@ -27,7 +27,11 @@ def load_tokenizer(name_or_dir: str | Path):
     """A fast HF tokenizer from a local directory or a name in the local HF cache."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
+    try:  # never a download: a local directory or what the HF cache already holds
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), local_files_only=True)
+    except OSError as e:
+        raise ValueError(f"{name_or_dir!r} is neither a tokenizer directory nor a tokenizer in the local "
+                         f"Hugging Face cache: {e}") from None
     if not tokenizer.is_fast:
         raise ValueError(f"{name_or_dir}: a fast (Rust) tokenizer is required, got {type(tokenizer).__name__}")
     return tokenizer

@@ -70,7 +70,10 @@ def prepare(plan: ShardSetPlan, overwrite: bool = False) -> list[int]:
         path.unlink()
     write_json(existing, {"config_hash": plan.config_hash, "kind": plan.kind, "n_shards": plan.n_shards,
                           "config": plan.config, **plan.fingerprints})
-    return [i for i in range(plan.n_shards) if shard_record(out, i, plan.config_hash) is None]
+    pending = [i for i in range(plan.n_shards) if shard_record(out, i, plan.config_hash) is None]
+    if pending:  # a manifest must never list a shard that is being (re)written
+        (out / MANIFEST).unlink(missing_ok=True)
+    return pending
 
 
 def shard_record(out: Path, index: int, config_hash: str) -> dict | None:
