@@ -55,7 +55,7 @@ def _write_examples(out: str, index: int, config_hash: str, examples: Iterable[E
                 stats[f"template:{meta['form']}:{meta['template']}"] += 1
             if len(encoded.source_ids) >= max_source_tokens:
                 stats["truncated_sources"] += 1
-            yield sample_members(encoded)
+            yield sample_members(encoded), len(encoded.source_ids)
 
     return write_shard(out, index, config_hash, samples(), stats)
 

@@ -1,9 +1,10 @@
 """The example sample as tar members (see shards/README.md for the full contract).
 
 Each sample is two members sharing the key:
-  {key}.json     {"source", "prefix", "target", "cuis", "kind", "mention_span", "meta",
-                  "lengths": [n_source, n_prefix, n_target]}
-  {key}.ids.npy  int32 [n_source + n_prefix + n_target]: source_ids, prefix_ids, target_ids
+  {key}.json     the text fields, "kind" and "lengths" of the id arrays
+  {key}.ids.npy  int32: the id arrays of the kind, concatenated
+    kb / mention  source_ids, prefix_ids, target_ids
+    pair          source_ids, prefix_ids, chosen_ids, rejected_ids
 Two members instead of one per field: each tar member costs a 512-byte header plus padding,
 which would triple the size of a shard of short examples.
 """
@@ -20,6 +21,8 @@ from angel_dist.corpus.encode import Encoded
 
 SCHEMA_VERSION = 1
 FIELDS = ("json", "ids.npy")
+ID_FIELDS = {"kb": ("source", "prefix", "target"), "mention": ("source", "prefix", "target"),
+             "pair": ("source", "prefix", "chosen", "rejected")}
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 
 
@@ -58,28 +61,38 @@ def parse_npy(data: bytes | memoryview) -> np.ndarray:
     return np.frombuffer(data[start + hlen:], dtype=dtype).reshape(shape)
 
 
+def members(key: str, record: dict, ids: list[np.ndarray]) -> list[tuple[str, bytes]]:
+    """The two members of a sample: `record` (its text fields and kind) and its id arrays in
+    the kind's order."""
+    names = ID_FIELDS[record["kind"]]
+    if len(ids) != len(names):
+        raise ValueError(f"a {record['kind']} sample has id arrays {names}, got {len(ids)} arrays")
+    record = {**record, "lengths": [len(a) for a in ids]}
+    return [(f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()),
+            (f"{key}.ids.npy", npy_bytes(np.concatenate(ids) if ids else np.zeros(0, np.int32)))]
+
+
 def sample_members(encoded: Encoded) -> list[tuple[str, bytes]]:
     e = encoded.example
-    lengths = [len(encoded.source_ids), len(encoded.prefix_ids), len(encoded.target_ids)]
     record = {"source": e.source, "prefix": e.prefix, "target": e.target, "cuis": e.cuis, "kind": e.kind,
-              "mention_span": list(e.mention_span), "meta": e.meta, "lengths": lengths}
-    ids = np.concatenate([encoded.source_ids, encoded.prefix_ids, encoded.target_ids])
-    return [(f"{e.key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()),
-            (f"{e.key}.ids.npy", npy_bytes(ids))]
+              "mention_span": list(e.mention_span), "meta": e.meta}
+    return members(e.key, record, [encoded.source_ids, encoded.prefix_ids, encoded.target_ids])
 
 
 def decode_sample(key: str, fields: dict[str, bytes]) -> dict:
-    """A sample from its raw members: the JSON record plus `__key__` and the three id arrays."""
+    """A sample from its raw members: the JSON record plus `__key__` and its `*_ids` arrays."""
     missing = [f for f in FIELDS if f not in fields]
     if missing:
         raise ValueError(f"sample {key!r} lacks member(s) {', '.join(key + '.' + f for f in missing)}")
     record = json.loads(bytes(fields["json"]))
     ids = parse_npy(fields["ids.npy"])
-    n_source, n_prefix, n_target = record["lengths"]
-    if len(ids) != n_source + n_prefix + n_target:
+    names = ID_FIELDS.get(record.get("kind"))
+    if names is None or len(record.get("lengths", ())) != len(names):
+        raise ValueError(f"sample {key!r}: unknown kind {record.get('kind')!r} or lengths {record.get('lengths')}")
+    if len(ids) != sum(record["lengths"]):
         raise ValueError(f"sample {key!r}: {key}.ids.npy holds {len(ids)} ids, lengths say {record['lengths']}")
     record["__key__"] = key
-    record["source_ids"] = ids[:n_source]
-    record["prefix_ids"] = ids[n_source:n_source + n_prefix]
-    record["target_ids"] = ids[n_source + n_prefix:]
+    bounds = np.cumsum([0, *record["lengths"]])
+    for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):
+        record[f"{name}_ids"] = ids[lo:hi]
     return record

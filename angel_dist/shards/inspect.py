@@ -13,7 +13,8 @@ def inspect_shards(out: str | Path, samples: int = 3, as_json: bool = False) -> 
     manifest = read_manifest(out)
     first = manifest["shards"][0]
     shown = []
-    for sample in iter_shard(Shard(str(Path(out) / first["name"]), first["count"], first["sha256"])):
+    shard = Shard(str(Path(out) / first["name"]), first["count"], first["sha256"], str(Path(out) / first["index"]))
+    for sample in iter_shard(shard):
         if len(shown) == samples:
             break
         shown.append({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in sample.items()})
@@ -29,7 +30,8 @@ def inspect_shards(out: str | Path, samples: int = 3, as_json: bool = False) -> 
             lines.append(f"{name}:")
             lines += [f"  {k:<48} {v}" for k, v in table.items()]
     for s in shown:
-        lines += ["", f"[{s['__key__']}] {s['kind']} cuis={s['cuis']}", f"  source: {s['source']}",
-                  f"  prefix: {s['prefix']}", f"  target: {s['target']}",
-                  f"  ids: source {len(s['source_ids'])}, prefix {len(s['prefix_ids'])}, target {len(s['target_ids'])}"]
+        texts = ("chosen", "rejected") if s["kind"] == "pair" else ("target",)
+        lines += ["", f"[{s['__key__']}] {s['kind']} cuis={s['cuis']}", f"  source: {s.get('source', s.get('prompt'))}",
+                  f"  prefix: {s['prefix']}", *(f"  {t}: {s[t]}" for t in texts),
+                  "  ids: " + ", ".join(f"{t} {len(s[t + '_ids'])}" for t in ("source", "prefix", *texts))]
     return "\n".join(lines)

@@ -1,17 +1,20 @@
 """The training reader: shard sets -> padded batches, deterministic and exactly resumable.
 
-Order of an epoch: the shards in a seeded per-epoch order form one sequence of T samples;
-global worker g (rank * num_workers + dataloader worker) of W reads the contiguous range
-[g * T//W, (g + 1) * T//W) (the last T mod W samples of the epoch are left out so every
-rank takes the same number of steps). A worker cuts its range into blocks of
-`shuffle_buffer` samples, permutes each block with a seed of (seed, epoch, g, block)
-(optionally sorting it by length into buckets) and cuts it into batches. DataLoader hands
-out worker batches round-robin, so the position of a run is just (epoch, batches consumed):
-to resume, each worker seeks to the block holding its next batch (skipping tar members by
-their headers, not reading them) and rebuilds that block.
+Each epoch is one sequence of the T samples of the shard sets, a function of (seed, epoch)
+only: the shards in a seeded order, cut into blocks of `shuffle_buffer` samples, each block
+permuted with a seed of (seed, epoch, block) and, with `bucket`, sorted by source length
+and cut into runs of `bucket_size` samples whose order is permuted again. Training walks
+the sequence in global micro-batches of world_size * batch_size samples; rank r takes the
+r-th slice of each, and DataLoader worker w of a rank builds its batches w, w + n, ...
+(DataLoader hands them out round-robin, so the rank sees them in order). The position of a
+run is therefore one number, the samples consumed in the epoch, and a run resumes at it
+with any world size, batch size or number of workers; the last T mod (world_size *
+batch_size) samples of an epoch are left out so every rank takes the same number of steps.
 
-WebDataset's own pipeline has no exact resume, which is why this reader walks the tars
-itself; the shards are ordinary WebDataset tars all the same.
+Samples are read at random positions through each shard's index (`shard-NNNNN.idx.npy`:
+byte offset and source length of every sample), from memory-mapped tars. WebDataset's own
+pipeline has no exact resume, which is why this reader walks the tars itself; the shards
+are ordinary WebDataset tars all the same.
 """
 
 from __future__ import annotations
@@ -38,20 +41,26 @@ class Shard:
     path: str
     count: int
     sha256: str
+    index: str | None = None  # the shard's .idx.npy
 
 
-def open_shard_sets(dirs: list[str | Path] | str | Path, tokenizer_fingerprint: str | None = None) -> list[Shard]:
-    """The shards of one or more complete shard sets, refusing another tokenizer's ids."""
+def open_shard_sets(dirs: list[str | Path] | str | Path,
+                    tokenizer_fingerprint: str | None = None) -> tuple[list[Shard], str]:
+    """The shards of one or more complete shard sets of one kind, refusing another tokenizer's ids."""
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
-    shards = []
+    shards, kinds = [], set()
     for d in dirs:
         manifest = read_manifest(d)
         theirs = manifest.get("tokenizer_fingerprint")
         if tokenizer_fingerprint is not None and theirs != tokenizer_fingerprint:
             raise ValueError(f"{d} was tokenized with tokenizer {theirs}, but the model's tokenizer is "
                              f"{tokenizer_fingerprint}; rebuild the shards with this tokenizer")
-        shards += [Shard(str(Path(d) / s["name"]), s["count"], s["sha256"]) for s in manifest["shards"]]
-    return shards
+        kinds.add(manifest["kind"])
+        shards += [Shard(str(Path(d) / s["name"]), s["count"], s["sha256"], str(Path(d) / s["index"]))
+                   for s in manifest["shards"]]
+    if len(kinds) > 1:
+        raise ValueError(f"cannot mix shard sets of kinds {sorted(kinds)} in one reader")
+    return shards, kinds.pop()
 
 
 def _first_problem(buf, path: str) -> str:
@@ -63,27 +72,11 @@ def _first_problem(buf, path: str) -> str:
     return f"{path}: content differs from its manifest (sha256 mismatch) though every member header is intact"
 
 
-def iter_shard(shard: Shard, skip: int = 0, verify: bool = True) -> Iterator[dict]:
-    """Decoded samples of one shard, after skipping `skip` samples by their headers only."""
+def _verified(shard: Shard, verify: bool):
     buf = open_archive(shard.path)
     if verify and hashlib.sha256(buf).hexdigest() != shard.sha256:
-        problem = _first_problem(buf, shard.path)
-        raise BadInputError(shard.path, None, f"corrupt shard: {problem}")
-    key, fields, seen = None, {}, 0
-    try:
-        for member in iter_members(buf, shard.path):
-            k, field = split_key(member.name)
-            if k != key:
-                if key is not None:
-                    if seen >= skip:
-                        yield _decode(shard, key, fields)
-                    seen += 1
-                key, fields = k, {}
-            fields[field] = None if seen < skip else buf[member.offset:member.offset + member.size]
-        if key is not None and seen >= skip:
-            yield _decode(shard, key, fields)
-    except TarFormatError as e:
-        raise BadInputError(shard.path, None, f"corrupt shard: {e.problem} (member {e.member!r})") from None
+        raise BadInputError(shard.path, None, f"corrupt shard: {_first_problem(buf, shard.path)}")
+    return buf
 
 
 def _decode(shard: Shard, key: str, fields: dict) -> dict:
@@ -93,140 +86,191 @@ def _decode(shard: Shard, key: str, fields: dict) -> dict:
         raise BadInputError(shard.path, None, f"bad sample (member {key}.*): {e}") from None
 
 
+def read_sample(buf, shard: Shard, offset: int) -> dict:
+    """The sample whose first member header is at byte `offset`."""
+    key, fields = None, {}
+    try:
+        for member in iter_members(buf, shard.path, start=offset):
+            k, field = split_key(member.name)
+            if key is not None and k != key:
+                break
+            key = k
+            fields[field] = buf[member.offset:member.offset + member.size]
+    except TarFormatError as e:
+        raise BadInputError(shard.path, None, f"corrupt shard: {e.problem} (member {e.member!r})") from None
+    if key is None:
+        raise BadInputError(shard.path, None, f"no sample at byte {offset} (the index and the tar disagree)")
+    return _decode(shard, key, fields)
+
+
+def iter_shard(shard: Shard, verify: bool = True) -> Iterator[dict]:
+    """Every sample of one shard, in order."""
+    buf = _verified(shard, verify)
+    for offset in np.load(shard.index)[:, 0]:
+        yield read_sample(buf, shard, int(offset))
+
+
 @dataclass(frozen=True)
 class ReaderConfig:
-    batch_size: int = 32
+    batch_size: int = 32  # per rank and micro-batch
     seed: int = 0
     shuffle: bool = True
-    shuffle_buffer: int = 4096  # samples per shuffled block, rounded up to a multiple of batch_size
-    bucket: bool = False  # sort each block by source length before cutting it into batches
-    on_bad_input: str = "error"  # or "skip": count and drop corrupt shards' unreadable samples
-    verify: bool = True  # check each shard's sha256 against the manifest when opening it
+    shuffle_buffer: int = 4096  # samples per shuffled block
+    bucket: bool = False  # sort each block by source length, in runs of bucket_size samples
+    bucket_size: int = 512
+    on_bad_input: str = "error"  # or "skip": count and drop the samples of corrupt shards
+    verify: bool = True  # check each shard's sha256 against the manifest when a process first opens it
 
-    @property
-    def block(self) -> int:
-        return -(-max(self.shuffle_buffer, 1) // self.batch_size) * self.batch_size
+    def order(self) -> dict:
+        """The settings that fix the epoch sequence (a resumed run must keep them)."""
+        return {k: v for k, v in asdict(self).items() if k in ("seed", "shuffle", "shuffle_buffer", "bucket",
+                                                               "bucket_size")}
+
+
+class EpochSequence:
+    """Sequence position -> (shard, sample) for one epoch; blocks are built on demand."""
+
+    def __init__(self, shards: list[Shard], lengths: list[np.ndarray], config: ReaderConfig, epoch: int):
+        order = list(range(len(shards)))
+        if config.shuffle:
+            order.sort(key=lambda i: stable_hash64(f"{epoch}/{Path(shards[i].path).name}/{shards[i].sha256}",
+                                                   config.seed))
+        self.shard_ids = np.array(order, dtype=np.int64)
+        counts = np.array([shards[i].count for i in order], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self.total = int(self.starts[-1])
+        self.lengths = lengths
+        self.config, self.epoch = config, epoch
+        self._blocks: dict[int, np.ndarray] = {}
+
+    def _locate(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(self.starts, flat, side="right") - 1
+        return self.shard_ids[pos], flat - self.starts[pos]
+
+    def block(self, k: int) -> np.ndarray:
+        """Flat indices (into the ordered shards) of block k, in sequence order."""
+        if k not in self._blocks:
+            cfg = self.config
+            lo, hi = k * cfg.shuffle_buffer, min((k + 1) * cfg.shuffle_buffer, self.total)
+            flat = np.arange(lo, hi, dtype=np.int64)
+            if cfg.shuffle:
+                flat = flat[hash_permutation(len(flat), cfg.seed, "block", self.epoch, k)]
+            if cfg.bucket:
+                shard, local = self._locate(flat)
+                size = np.array([self.lengths[s][j] for s, j in zip(shard.tolist(), local.tolist())])
+                flat = flat[np.argsort(size, kind="stable")]
+                runs = [flat[i:i + cfg.bucket_size] for i in range(0, len(flat), cfg.bucket_size)]
+                if cfg.shuffle:
+                    runs = [runs[i] for i in hash_permutation(len(runs), cfg.seed, "runs", self.epoch, k)]
+                flat = np.concatenate(runs) if runs else flat
+            if len(self._blocks) > 2:
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[k] = flat
+        return self._blocks[k]
+
+    def at(self, start: int, n: int) -> list[tuple[int, int]]:
+        """(shard id, sample index in the shard) of positions [start, start + n)."""
+        out, B = [], self.config.shuffle_buffer
+        for p in range(start, start + n):
+            flat = self.block(p // B)[p % B]
+            pos = int(np.searchsorted(self.starts, flat, side="right") - 1)
+            out.append((int(self.shard_ids[pos]), int(flat - self.starts[pos])))
+        return out
 
 
 def collate(samples: list[dict], pad_id: int, decoder_start_id: int) -> dict:
     """Pad to the batch maximum. decoder_ids = [decoder_start] + prefix + target; target_mask
-    marks the target tokens (the name and eos), the only ones the loss and scores count."""
+    marks the target tokens (the name and eos), the only ones the loss and scores count.
+    Pair samples give chosen_* and rejected_* decoder rows, padded to one length."""
     n = len(samples)
     src_len = max(len(s["source_ids"]) for s in samples)
-    dec = [np.concatenate([[decoder_start_id], s["prefix_ids"], s["target_ids"]]) for s in samples]
-    dec_len = max(len(d) for d in dec)
     source = torch.full((n, src_len), pad_id, dtype=torch.long)
     source_mask = torch.zeros((n, src_len), dtype=torch.bool)
-    decoder = torch.full((n, dec_len), pad_id, dtype=torch.long)
-    decoder_mask = torch.zeros((n, dec_len), dtype=torch.bool)
-    target_mask = torch.zeros((n, dec_len), dtype=torch.bool)
-    for i, (s, d) in enumerate(zip(samples, dec)):
-        ls, ld, lp = len(s["source_ids"]), len(d), 1 + len(s["prefix_ids"])
-        source[i, :ls] = torch.from_numpy(s["source_ids"].astype(np.int64))
-        source_mask[i, :ls] = True
-        decoder[i, :ld] = torch.from_numpy(d.astype(np.int64))
-        decoder_mask[i, :ld] = True
-        target_mask[i, lp:ld] = True
-    return {"source_ids": source, "source_mask": source_mask, "decoder_ids": decoder, "decoder_mask": decoder_mask,
-            "target_mask": target_mask, "keys": [s["__key__"] for s in samples],
-            "cuis": [s["cuis"] for s in samples], "targets": [s["target"] for s in samples],
-            "prefixes": [s["prefix"] for s in samples]}
+    for i, s in enumerate(samples):
+        source[i, :len(s["source_ids"])] = torch.from_numpy(s["source_ids"].astype(np.int64))
+        source_mask[i, :len(s["source_ids"])] = True
+    batch = {"source_ids": source, "source_mask": source_mask, "keys": [s["__key__"] for s in samples],
+             "cuis": [s["cuis"] for s in samples], "prefixes": [s["prefix"] for s in samples]}
+    pair = samples[0]["kind"] == "pair"
+    names = ("chosen", "rejected") if pair else ("target",)
+    rows = {name: [np.concatenate([[decoder_start_id], s["prefix_ids"], s[f"{name}_ids"]]) for s in samples]
+            for name in names}
+    dec_len = max(len(r) for rs in rows.values() for r in rs)
+    for name in names:
+        decoder = torch.full((n, dec_len), pad_id, dtype=torch.long)
+        decoder_mask = torch.zeros((n, dec_len), dtype=torch.bool)
+        target_mask = torch.zeros((n, dec_len), dtype=torch.bool)
+        for i, (s, d) in enumerate(zip(samples, rows[name])):
+            decoder[i, :len(d)] = torch.from_numpy(d.astype(np.int64))
+            decoder_mask[i, :len(d)] = True
+            target_mask[i, 1 + len(s["prefix_ids"]):len(d)] = True
+        prefix = "" if name == "target" else f"{name}_"
+        batch.update({f"{prefix}decoder_ids": decoder, f"{prefix}decoder_mask": decoder_mask,
+                      f"{prefix}target_mask": target_mask})
+    if pair:
+        for field in ("ref_chosen_logp", "ref_rejected_logp"):
+            batch[field] = torch.tensor([s[field] for s in samples], dtype=torch.float32)
+        batch["chosen"] = [s["chosen"] for s in samples]
+        batch["rejected"] = [s["rejected"] for s in samples]
+    else:
+        batch["targets"] = [s["target"] for s in samples]
+    return batch
 
 
 class ShardStream(IterableDataset):
-    """Batches of one rank; DataLoader workers split it. Set `epoch` and `start_batch` first."""
+    """Batches of one rank from sequence position `start`; DataLoader workers split them."""
 
     def __init__(self, shards: list[Shard], config: ReaderConfig, rank: int, world_size: int, pad_id: int,
                  decoder_start_id: int):
         self.shards, self.config = shards, config
         self.rank, self.world_size = rank, world_size
         self.pad_id, self.decoder_start_id = pad_id, decoder_start_id
-        self.epoch, self.start_batch, self.num_workers = 0, 0, 1
         self.total = sum(s.count for s in shards)
-        self._order = self._cursor = None
+        self.epoch, self.start = 0, 0
+        self._lengths: list[np.ndarray] | None = None
+        self._bufs: dict[int, object] = {}
+        self._bad: set[int] = set()
 
-    def per_worker(self, num_workers: int) -> int:
-        return self.total // (self.world_size * num_workers)
+    @property
+    def step_samples(self) -> int:
+        return self.world_size * self.config.batch_size
 
-    def batches_per_worker(self, num_workers: int) -> int:
-        return -(-self.per_worker(num_workers) // self.config.batch_size)
+    def batches(self, start: int = 0) -> int:
+        """Batches per rank from position `start` to the end of the epoch."""
+        return max(self.total - start, 0) // self.step_samples
 
-    def _epoch_shards(self) -> tuple[list[Shard], np.ndarray]:
-        if self._order is not None and self._order[0] == self.epoch:
-            return self._order[1]
-        shards = self.shards
-        if self.config.shuffle:
-            shards = sorted(shards, key=lambda s: stable_hash64(f"{self.epoch}/{Path(s.path).name}/{s.sha256}",
-                                                                self.config.seed))
-        self._order = (self.epoch, (shards, np.cumsum([0] + [s.count for s in shards])))
-        return self._order[1]
+    def _index(self) -> list[np.ndarray]:
+        if self._lengths is None:
+            self._offsets = [np.load(s.index, mmap_mode="r")[:, 0] for s in self.shards]
+            self._lengths = [np.load(s.index, mmap_mode="r")[:, 1] for s in self.shards]
+        return self._lengths
 
-    def _read(self, start: int, n: int, policy: BadInputPolicy) -> list[dict]:
-        """Samples at epoch positions [start, start + n); consecutive calls continue one open shard."""
-        shards, bounds = self._epoch_shards()
-        out: list[dict] = []
-        i = int(np.searchsorted(bounds, start, side="right") - 1)
-        offset = int(start - bounds[i])
-        while len(out) < n and i < len(shards):
-            want = min(n - len(out), shards[i].count - offset)
-            if self._cursor is None or self._cursor[:2] != (i, offset):
-                self._cursor = (i, offset, iter_shard(shards[i], skip=offset, verify=self.config.verify))
-            samples, got = self._cursor[2], 0
-            try:
-                while got < want:
-                    out.append(next(samples))
-                    got += 1
-            except (BadInputError, StopIteration) as e:
-                problem = e.problem if isinstance(e, BadInputError) else "holds fewer samples than its manifest says"
-                policy.bad(shards[i].path, None, problem)
-                # The lost positions still count as read, so every reader keeps its place in the epoch.
-                self.skipped += want - got
-                got, self._cursor = want, None
-            if self._cursor is not None:
-                self._cursor = (i, offset + got, samples)
-            if offset + got >= shards[i].count:
-                i, offset = i + 1, 0
-            else:
-                break
-        return out
+    def _sample(self, shard_id: int, j: int, policy: BadInputPolicy) -> dict | None:
+        shard = self.shards[shard_id]
+        if shard_id in self._bad:
+            return None
+        try:
+            if shard_id not in self._bufs:
+                self._bufs[shard_id] = _verified(shard, self.config.verify)
+            return read_sample(self._bufs[shard_id], shard, int(self._offsets[shard_id][j]))
+        except BadInputError as e:
+            policy.bad(shard.path, None, e.problem)
+            self._bad.add(shard_id)  # a shard that fails its check is dropped whole
+            return None
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
-        nw = info.num_workers if info else 1
-        # DataLoader asks its workers round-robin from worker 0, but after resuming at
-        # start_batch the next batch belongs to reader start_batch % nw: rotate the roles.
-        wid = ((info.id if info else 0) + self.start_batch) % nw
-        g, cfg = self.rank * nw + wid, self.config
-        per = self.per_worker(nw)
-        if per == 0:
-            raise ValueError(f"{self.total} samples cannot feed {self.world_size * nw} readers")
-        policy = BadInputPolicy(cfg.on_bad_input)
-        self.skipped, self._cursor = 0, None
-        # Batch j of the epoch comes from reader j % nw: skip this reader's share of start_batch.
-        skip = (self.start_batch - wid + nw - 1) // nw if self.start_batch > wid else 0
-        per_block = cfg.block // cfg.batch_size
-        block = skip // per_block
-        skip -= block * per_block
-        while block * cfg.block < per:
-            lo = block * cfg.block
-            samples = self._read(g * per + lo, min(cfg.block, per - lo), policy)
-            order = hash_permutation(len(samples), cfg.seed, "block", self.epoch, g, block) if cfg.shuffle \
-                else np.arange(len(samples))
-            if cfg.bucket:
-                lengths = np.array([len(samples[k]["source_ids"]) for k in order])
-                order = order[np.argsort(lengths, kind="stable")]
-            batches = [order[k:k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
-            if cfg.bucket and cfg.shuffle:
-                batches = [batches[k] for k in hash_permutation(len(batches), cfg.seed, "buckets", self.epoch, g, block)]
-            for b in batches[skip:]:
-                batch = collate([samples[k] for k in b], self.pad_id, self.decoder_start_id)
-                batch["skipped"] = self.skipped
-                self.skipped = 0
-                yield batch
-            skip = 0
-            block += 1
-        if self.skipped:  # lost samples after this reader's last batch still reach the loader's count
-            yield {"skipped": self.skipped}
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        sequence = EpochSequence(self.shards, self._index(), self.config, self.epoch)
+        policy = BadInputPolicy(self.config.on_bad_input)
+        b = self.config.batch_size
+        for j in range(wid, self.batches(self.start), nw):
+            first = self.start + j * self.step_samples + self.rank * b
+            samples = [self._sample(s, k, policy) for s, k in sequence.at(first, b)]
+            kept = [s for s in samples if s is not None]
+            batch = collate(kept, self.pad_id, self.decoder_start_id) if kept else {}
+            batch["skipped"] = len(samples) - len(kept)
+            yield batch
         policy.report(sys.stderr)
 
 
@@ -242,37 +286,42 @@ class ShardLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.config, self.num_workers = config, num_workers
-        self.stream = ShardStream(open_shard_sets(dirs, tokenizer_fingerprint), config, rank, world_size, pad_id,
-                                  decoder_start_id)
-        self.epoch, self.batch, self.skipped = 0, 0, 0
+        shards, self.kind = open_shard_sets(dirs, tokenizer_fingerprint)
+        self.stream = ShardStream(shards, config, rank, world_size, pad_id, decoder_start_id)
+        if self.stream.batches() == 0:
+            raise ValueError(f"{self.stream.total} samples cannot fill one step of {self.stream.step_samples}")
+        self.epoch, self.consumed, self.skipped = 0, 0, 0
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
-        nw = max(self.num_workers, 1)
-        return self.stream.batches_per_worker(nw) * nw
+        return self.stream.batches()
 
-    def _layout(self) -> dict:
-        return {"world_size": self.stream.world_size, "rank": self.stream.rank, "num_workers": self.num_workers,
-                "total": self.stream.total, **asdict(self.config)}
+    def _order(self) -> dict:
+        return {"total": self.stream.total, "shards": [Path(s.path).name + ":" + s.sha256[:16]
+                                                        for s in self.stream.shards], **self.config.order()}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "layout": self._layout()}
+        """Epoch and samples consumed in it (by all ranks), with what fixes the sequence."""
+        return {"epoch": self.epoch, "consumed": self.consumed, "order": self._order()}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self._layout()
-        diff = {k: (state["layout"].get(k), v) for k, v in mine.items()
-                if k not in ("on_bad_input", "verify") and state["layout"].get(k) != v}
+        mine = self._order()
+        diff = {k: (state["order"].get(k), v) for k, v in mine.items() if state["order"].get(k) != v}
         if diff:
-            raise ValueError(f"reader state was saved with another layout; differences (saved, now): {diff}")
-        self.epoch, self.batch = state["epoch"], state["batch"]
+            raise ValueError(f"reader state was saved over another sample sequence; differences (saved, now): "
+                             f"{ {k: d for k, d in diff.items() if k != 'shards'} or 'the shard sets'}")
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
 
     def __iter__(self) -> Iterator[dict]:
-        self.stream.epoch, self.stream.start_batch = self.epoch, self.batch
+        self.stream.epoch, self.stream.start = self.epoch, self.consumed
+        # Its own generator: starting an iterator must not draw from the global RNG, or a resumed
+        # run's dropout masks would drift from the uninterrupted run's.
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
-                            persistent_workers=False, multiprocessing_context="fork" if self.num_workers else None)
+                            persistent_workers=False, multiprocessing_context="fork" if self.num_workers else None,
+                            generator=torch.Generator().manual_seed(self.config.seed))
         for batch in loader:
+            self.consumed += self.stream.step_samples
             self.skipped += batch.pop("skipped")
             if batch:
-                self.batch += 1
                 yield batch
-        self.epoch, self.batch = self.epoch + 1, 0
+        self.epoch, self.consumed = self.epoch + 1, 0

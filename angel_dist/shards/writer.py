@@ -2,7 +2,8 @@
 
   plan.json              what this directory is being filled with (config hash); first
   shard-00000.tar ...    each written under a temporary name, fsynced, renamed
-  shard-00000.json ...   after its tar: sample count, bytes, sha256, stats; marks it complete
+  shard-00000.idx.npy    int64 [count, 2]: each sample's byte offset in the tar and its source length
+  shard-00000.json ...   after its tar and index: count, bytes, sha256, stats; marks it complete
   manifest.json          last, once every shard is complete
 
 A rerun with the same plan skips complete shards and redoes the rest; a run killed at any
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from angel_dist.atomic import atomic_path, write_json
 from angel_dist.shards.format import SCHEMA_VERSION
 from angel_dist.shards.tar import TarStreamWriter
@@ -33,6 +36,10 @@ def shard_name(index: int) -> str:
 
 def _record_path(out: Path, index: int) -> Path:
     return out / f"shard-{index:05d}.json"
+
+
+def index_name(index: int) -> str:
+    return f"shard-{index:05d}.idx.npy"
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ def shard_record(out: Path, index: int, config_hash: str) -> dict | None:
         return None
     record = json.loads(path.read_text())
     tar = Path(out) / record["name"]
-    if record.get("config_hash") != config_hash or not tar.exists() or tar.stat().st_size != record["bytes"]:
+    if record.get("config_hash") != config_hash or not tar.exists() or tar.stat().st_size != record["bytes"] \
+            or not (Path(out) / index_name(index)).exists():
         return None
     return record
 
@@ -99,23 +107,27 @@ class _HashingFile:
 
 
 def write_shard(out: str | Path, index: int, config_hash: str,
-                samples: Iterable[list[tuple[str, bytes]]], stats: Counter | None = None) -> dict:
-    """Write one shard from an iterable of samples (each a list of (member name, bytes))."""
+                samples: Iterable[tuple[list[tuple[str, bytes]], int]], stats: Counter | None = None) -> dict:
+    """Write one shard from (members, source length) per sample, then its index, then its record."""
     out = Path(out)
-    count = 0
+    rows: list[tuple[int, int]] = []
     with atomic_path(out / shard_name(index)) as tmp:
         with open(tmp, "wb") as f:
             stream = _HashingFile(f)
             writer = TarStreamWriter(stream)
-            for members in samples:
+            for members, length in samples:
+                rows.append((stream.bytes, length))
                 for name, data in members:
                     writer.add(name, data)
-                count += 1
             writer.close()
             f.flush()
             os.fsync(f.fileno())
-    record = {"name": shard_name(index), "count": count, "bytes": stream.bytes, "sha256": stream.sha.hexdigest(),
-              "config_hash": config_hash, "stats": dict(sorted((stats or {}).items()))}
+    with atomic_path(out / index_name(index)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.array(rows, dtype=np.int64).reshape(len(rows), 2))
+    record = {"name": shard_name(index), "index": index_name(index), "count": len(rows), "bytes": stream.bytes,
+              "sha256": stream.sha.hexdigest(), "config_hash": config_hash,
+              "stats": dict(sorted((stats or {}).items()))}
     write_json(_record_path(out, index), record)
     return record
 
@@ -128,7 +140,7 @@ def finish(plan: ShardSetPlan, counts: dict | None = None) -> dict:
         record = shard_record(out, i, plan.config_hash)
         if record is None:
             raise RuntimeError(f"{out / shard_name(i)} is missing or incomplete; rerun to complete the set")
-        shards.append({k: record[k] for k in ("name", "count", "bytes", "sha256")})
+        shards.append({k: record[k] for k in ("name", "index", "count", "bytes", "sha256")})
         stats.update(record["stats"])
     manifest = {"schema_version": SCHEMA_VERSION, "kind": plan.kind, "config_hash": plan.config_hash,
                 "config": plan.config, **plan.fingerprints, "n_shards": plan.n_shards,
