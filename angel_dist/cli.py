@@ -179,7 +179,67 @@ def parser() -> argparse.ArgumentParser:
     ci.add_argument("--samples", type=int, default=3)
     ci.add_argument("--json", action="store_true")
     ci.set_defaults(run=_corpus_inspect)
+    tr = groups.add_parser("train", help="train on example (nll) or pair (dpo) shards with Ray Train x DeepSpeed")
+    tr.add_argument("--objective", choices=("nll", "dpo"), default="nll")
+    tr.add_argument("--data", required=True, nargs="+", help="shard set directories")
+    tr.add_argument("--model", default="tiny", help="a preset (tiny, small, base, large), a model directory or a "
+                                                     "cached HF name")
+    tr.add_argument("--tokenizer", required=True)
+    tr.add_argument("--ds-config", default="ds_configs/zero2.json")
+    tr.add_argument("--workers", type=int, default=1, help="ranks (Ray Train workers)")
+    tr.add_argument("--gpus-per-worker", type=float, default=0.0)
+    tr.add_argument("--out", required=True, help="run directory; an existing run resumes from its latest checkpoint")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any train config field, e.g. --set lr=1e-5 --set max_steps=1000 (repeatable)")
+    tr.add_argument("--quiet", action="store_true")
+    tr.set_defaults(run=_train)
+    ex = groups.add_parser("export", help="a run's newest checkpoint as a HF model directory (safetensors)")
+    ex.add_argument("run_dir")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--tag", help="a checkpoint tag (default: latest)")
+    ex.set_defaults(run=_export)
     return p
+
+
+def _typed(field_type, value: str):
+    if "bool" in str(field_type):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value.lower() in ("true", "1")
+    for cast in (int, float):
+        if cast.__name__ in str(field_type):
+            try:
+                return cast(value)
+            except ValueError:
+                continue
+    return value
+
+
+def _train(args) -> None:
+    from dataclasses import fields
+
+    from angel_dist.train.config import TrainConfig
+    from angel_dist.train.launch import run_training
+
+    values = {"objective": args.objective, "data": args.data, "model": args.model, "tokenizer": args.tokenizer,
+              "ds_config": args.ds_config, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
+              "out": args.out, "progress": not args.quiet}
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        key = key.removeprefix("train.")
+        if not sep or key not in types:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
+        values[key] = _typed(types[key], value)
+    run = run_training(TrainConfig.from_dict(values))
+    print(f"trained: {run} (metrics in {run / 'metrics.jsonl'}, checkpoints in {run / 'checkpoints'})")
+
+
+def _export(args) -> None:
+    from angel_dist.train.export import export_run
+
+    out = export_run(args.run_dir, args.out, tag=args.tag)
+    print(f"exported {args.run_dir} to {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

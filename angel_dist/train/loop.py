@@ -1,0 +1,188 @@
+"""What every rank runs: data, model, objective, steps, metrics, checkpoints, resume.
+
+Resume is automatic: a rank that finds `checkpoints/latest` loads it (DeepSpeed's sharded
+state, the reader position, the step, its RNG state) and goes on; when the world size
+differs from the one that saved, rank 0 first converts the checkpoint to DeepSpeed's
+universal format, which any world size loads. The reader position is a count of samples
+consumed, valid for any world size (see angel_dist/shards/reader.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from angel_dist.model import encode, load_model, score
+from angel_dist.objectives import dpo_loss, label_smoothed_nll
+from angel_dist.shards.reader import ReaderConfig, ShardLoader
+from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
+from angel_dist.train import checkpoint as ckpt
+from angel_dist.train.config import TrainConfig
+from angel_dist.train.schedule import lr_at
+
+FAULT_ENV = "ANGEL_FAULT_INJECT"  # "RANK:STEP": that rank dies right after that optimizer step, once per run
+# What a resumed run must share with the checkpoint it resumes from.
+_FIXED = ("objective", "data", "model", "tokenizer", "seed", "shuffle_buffer", "bucket", "dpo_loss", "beta")
+
+
+def nll_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, int]:
+    scores = score(model, batch["source_mask"], batch["decoder_ids"], batch["decoder_mask"], batch["target_mask"],
+                   source_ids=batch["source_ids"])
+    loss, metrics = label_smoothed_nll(scores, cfg.label_smoothing)
+    return loss, metrics, int(batch["source_mask"].sum() + batch["decoder_mask"].sum())
+
+
+def dpo_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, int]:
+    """Chosen and rejected rows of a prompt share one encoder pass."""
+    states = encode(model, batch["source_ids"], batch["source_mask"])
+    n = states.shape[0]
+    scores = score(model, torch.cat([batch["source_mask"]] * 2),
+                   torch.cat([batch["chosen_decoder_ids"], batch["rejected_decoder_ids"]]),
+                   torch.cat([batch["chosen_decoder_mask"], batch["rejected_decoder_mask"]]),
+                   torch.cat([batch["chosen_target_mask"], batch["rejected_target_mask"]]),
+                   encoder_states=torch.cat([states, states]))
+    loss, metrics = dpo_loss(scores.logp[:n], scores.logp[n:], batch["ref_chosen_logp"], batch["ref_rejected_logp"],
+                             beta=cfg.beta, loss_type=cfg.dpo_loss, chosen_tokens=scores.tokens[:n],
+                             rejected_tokens=scores.tokens[n:])
+    tokens = batch["source_mask"].sum() + batch["chosen_decoder_mask"].sum() + batch["rejected_decoder_mask"].sum()
+    return loss, metrics, int(tokens)
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
+    if not spec:
+        return
+    r, s = (int(x) for x in spec.split(":"))
+    marker = run / f".fault-injected-{r}-{s}"
+    if (r, s) == (rank, step) and not marker.exists():
+        marker.touch()
+        print(f"[angel] {FAULT_ENV}: rank {rank} crashes after step {step}", flush=True)
+        os._exit(13)
+
+
+def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None]:
+    """(tag, tag to load): the latest checkpoint, converted to universal on a world-size change."""
+    import torch.distributed as dist
+
+    tag = ckpt.latest_tag(root)
+    if tag is None:
+        return None, None
+    meta = ckpt.read_meta(root, tag)
+    changed = {k: (meta["config"].get(k), getattr(cfg, k)) for k in _FIXED if meta["config"].get(k) != getattr(cfg, k)}
+    if changed:
+        raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
+                         f"use another --out to start a new run")
+    if meta["world_size"] == world:
+        return tag, tag
+    if rank == 0:
+        from angel_dist.train.strategy import to_universal
+
+        print(f"[angel] resuming {tag} of world size {meta['world_size']} on {world} ranks: "
+              f"converting it to a universal checkpoint", flush=True)
+        to_universal(root, tag)
+    dist.barrier()
+    return tag, f"{tag}.universal"
+
+
+def train_worker(loop_config: dict) -> None:
+    cfg = TrainConfig.from_dict(loop_config["config"])
+    on_gpu = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
+    if not on_gpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"  # before DeepSpeed picks its accelerator
+    import deepspeed
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from angel_dist.train.metrics import MetricsLog
+    from angel_dist.train.strategy import DeepSpeedStrategy, ds_config
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    run, root = Path(cfg.out), Path(cfg.out) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    loader = ShardLoader(cfg.data, ReaderConfig(batch_size=cfg.batch_size, seed=cfg.seed,
+                                                shuffle_buffer=cfg.shuffle_buffer, bucket=cfg.bucket),
+                         rank=rank, world_size=world, num_workers=cfg.loader_workers,
+                         pad_id=tokenizer.pad_token_id, decoder_start_id=model.config.decoder_start_token_id,
+                         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+    want = "pairs" if cfg.objective == "dpo" else "examples"
+    if loader.kind != want:
+        raise ValueError(f"objective {cfg.objective} trains on {want} shard sets; {cfg.data} holds {loader.kind}")
+    steps_per_epoch = max(len(loader) // cfg.grad_accum, 1)
+    total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+
+    tag, load = _resume_plan(root, world, rank, cfg)
+    strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
+                                                  cfg.weight_decay, on_gpu, universal=load != tag))
+    step = 0
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    if tag is not None:
+        client = strategy.load(root, load)
+        step = client["step"]
+        loader.load_state_dict(client["reader"])
+        if load == tag:
+            ckpt.load_rng(root / tag, rank)
+    step_fn = dpo_step if cfg.objective == "dpo" else nll_step
+
+    def save(at: int) -> None:
+        tmp = f"{ckpt.tag_of(at)}.tmp"
+        dist.barrier()
+        strategy.save(root, tmp, {"step": at, "reader": loader.state_dict()})
+        ckpt.save_rng(root / tmp, rank)
+        dist.barrier()
+        if rank == 0:
+            ckpt.write_meta(root / tmp, {"step": at, "world_size": world, "config": cfg.to_dict(),
+                                         "reader": loader.state_dict()})
+            ckpt.publish(root, tmp, ckpt.tag_of(at), cfg.keep_last)
+        dist.barrier()
+
+    log = MetricsLog(run, step) if rank == 0 else None
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg.objective}", disable=rank != 0 or not cfg.progress)
+    # Dropout off during DPO, so policy and stored reference log-probs agree at the first step.
+    # Eval mode, not TRL's disable_dropout_in_model: BART applies dropout functionally from
+    # config floats, which that helper (it zeroes nn.Dropout modules) does not reach.
+    strategy.train(cfg.objective != "dpo")
+    sums: dict[str, float] = {}
+    micro, tokens, samples, t0 = 0, 0, 0, time.perf_counter()
+    while step < total:
+        for batch in loader:
+            loss, metrics, n_tokens = step_fn(strategy.module, _to(batch, strategy.device), cfg)
+            strategy.backward(loss)
+            boundary = strategy.step(lr_at(step, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power))
+            micro, tokens, samples = micro + 1, tokens + n_tokens, samples + len(batch["keys"])
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if not boundary:
+                continue
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                values = torch.tensor([sums[k] / micro for k in sorted(sums)] + [tokens, samples], dtype=torch.float64)
+                dist.all_reduce(values)
+                elapsed = time.perf_counter() - t0
+                names = sorted(sums)
+                record = {k: values[i].item() / world for i, k in enumerate(names)}
+                record.update({"lr": lr_at(step - 1, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power),
+                               "tokens_per_s": values[-2].item() / elapsed, "samples_per_s": values[-1].item() / elapsed,
+                               "epoch": loader.epoch + loader.consumed / max(loader.stream.total, 1)})
+                if log is not None:
+                    log.log(step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                sums, micro, tokens, samples, t0 = {}, 0, 0, 0, time.perf_counter()
+            _fault(loop_config.get("fault"), run, rank, step)
+            if step % cfg.save_every == 0 or step == total:
+                save(step)
+            if step >= total:
+                break
+    bar.close()
+    if log is not None:
+        log.close()

@@ -1,0 +1,98 @@
+"""The one owner of DeepSpeed: engine set-up, backward, step, sharded save and load.
+
+The training loop calls only this object, so a plain-PyTorch or FSDP strategy could stand
+in without touching the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, lr: float, weight_decay: float,
+              on_gpu: bool, universal: bool = False) -> dict:
+    """The JSON template of ds_configs/ filled with this run's batch, optimizer and precision."""
+    config = json.loads(Path(path).read_text())
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["gradient_accumulation_steps"] = grad_accum
+    config["gradient_clipping"] = clip
+    optimizer = config.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    optimizer.setdefault("params", {}).update({"lr": lr, "weight_decay": weight_decay})
+    offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+    if not offload:
+        optimizer["params"]["torch_adam"] = True  # fused Adam kernels exist only for CUDA builds
+    if on_gpu and torch.cuda.is_bf16_supported():
+        config["bf16"] = {"enabled": True}
+    else:
+        config.pop("bf16", None)
+        config.pop("fp16", None)
+    config.pop("train_batch_size", None)
+    if universal:
+        config["checkpoint"] = {**config.get("checkpoint", {}), "load_universal": True}
+    return config
+
+
+class DeepSpeedStrategy:
+    def __init__(self, model: torch.nn.Module, config: dict):
+        import deepspeed
+
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                                                 config=config)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self, lr: float) -> bool:
+        """Apply the micro-batch; True when this was the last micro-batch of an optimizer step."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary:
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
+        self.engine.step()
+        return boundary
+
+    def save(self, root: str | Path, tag: str, client_state: dict) -> None:
+        """Every rank writes its shards of model and optimizer state into root/tag."""
+        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, root: str | Path, tag: str) -> dict:
+        path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no checkpoint at {Path(root) / tag}")
+        return client_state
+
+
+def to_universal(root: str | Path, tag: str) -> str:
+    """Convert checkpoint root/tag to DeepSpeed's universal format (any world size can load it);
+    returns the universal tag. Idempotent: an existing conversion is reused."""
+    import subprocess
+    import sys
+
+    from angel_dist.atomic import atomic_path
+
+    universal = f"{tag}.universal"
+    target = Path(root) / universal
+    if not target.exists():
+        with atomic_path(target, directory=True) as tmp:
+            tmp.rmdir()  # the converter creates its output folder
+            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                            str(Path(root) / tag), "--output_folder", str(tmp), "--inject_missing_state",
+                            "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                           check=True, capture_output=True, env={**os.environ})
+        (Path(root) / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; ours is `latest`
+    return universal
