@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import os
 
+# On Linux Ray "resolves" 127.0.0.1 to the machine's routable address (so raylet, object
+# transfers and Ray Train's torch rendezvous would all use it) unless it runs in its
+# local-only mode, the default on macOS and Windows. A local run must stay on loopback.
+_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _stay_on_loopback() -> None:
+    os.environ[_LOCAL_ONLY] = "0"  # for the raylet and workers this driver starts
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this process, if Ray was imported before
+
 
 def init_ray(num_cpus: int | None = None) -> None:
     """Connect to RAY_ADDRESS / a running cluster (as under `ray job submit`), or start a local
@@ -15,5 +27,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
+    _stay_on_loopback()
     ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
              configure_logging=False)
+    address = ray.util.get_node_ip_address()
+    if address != "127.0.0.1":
+        ray.shutdown()
+        raise RuntimeError(f"local Ray came up on {address}, not 127.0.0.1; refusing to run off loopback")

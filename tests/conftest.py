@@ -12,6 +12,8 @@ def ray_local():
     """One local Ray for the whole session, bound to loopback, stopped at the end."""
     import ray
 
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    from angel_dist.ray_env import init_ray
+
+    init_ray(num_cpus=2)
     yield
     ray.shutdown()

@@ -31,6 +31,9 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
         config.pop("bf16", None)
         config.pop("fp16", None)
     config.pop("train_batch_size", None)
+    if not on_gpu and "zero_optimization" in config:
+        # Overlapping gradient reduction with backward needs CUDA streams; on CPU it only adds copies.
+        config["zero_optimization"]["overlap_comm"] = False
     if universal:
         config["checkpoint"] = {**config.get("checkpoint", {}), "load_universal": True}
     return config

@@ -1,0 +1,232 @@
+"""Benchmark: the training engine against a plain PyTorch loop, 1 vs 2 workers, DPO with stored
+reference log-probs against a live reference model, and the reader's share of a step.
+
+    python bench/train.py                      # CPU: HPO examples, the `small` preset
+
+Targets (issue 4): engine with one worker >= 0.9x the plain loop's tokens/s (same threads and
+batch); two workers >= 1.7x one worker (one CPU each); DPO with stored reference log-probs <=
+0.8x the step time of a live reference, with one model's memory instead of two. Stages run in
+subprocesses so that peak memory is their own. Prints a JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage_data(work: str) -> dict:
+    """Examples of the first 3000 HPO concepts (real names and definitions) and a tokenizer."""
+    from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+    from angel_dist.kb.build import KbBuildConfig, build_kb
+    from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
+    from angel_dist.tokenizer import train_tokenizer
+
+    w = Path(work)
+    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(w / "hpo.parquet")), progress=False)
+    write_kb(read_kb(w / "hpo.parquet").slice(0, 3000), w / "kb.parquet", read_kb_meta(w / "hpo.parquet"))
+    train_tokenizer(w / "kb.parquet", 8000, w / "tok", progress=False)
+    manifest = build_pretrain_corpus(w / "kb.parquet", str(w / "tok"), w / "examples", PretrainCorpusConfig(shards=8),
+                                     workers=2, progress=False)
+    return {"examples": manifest["total"]}
+
+
+def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds: str) -> dict:
+    from angel_dist.train import TrainConfig
+    from angel_dist.train.launch import run_training
+
+    w = Path(work)
+    out = w / f"engine-{ds}-{workers}w"
+    cfg = TrainConfig(data=[str(w / "examples")], tokenizer=str(w / "tok"), model=model, out=str(out),
+                      ds_config=str(ROOT / "ds_configs" / f"{ds}.json"), workers=workers, batch_size=batch, bucket=False,
+                      max_steps=steps, log_every=steps // 3, save_every=10 ** 9, progress=False, loader_workers=1,
+                      cpus_per_worker=1.0)
+    run_training(cfg)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = metrics[1:]  # the first interval holds the warm-up
+    return {"workers": workers, "ds_config": ds, "tokens_per_s": sum(m["tokens_per_s"] for m in steady) / len(steady),
+            "samples_per_s": sum(m["samples_per_s"] for m in steady) / len(steady)}
+
+
+def _batches(work: str, batch: int, n: int, kind: str = "examples"):
+    import itertools
+
+    from angel_dist.shards.reader import ReaderConfig, ShardLoader
+    from angel_dist.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(Path(work) / "tok")
+    loader = ShardLoader(Path(work) / kind, ReaderConfig(batch_size=batch), num_workers=1,
+                         pad_id=tok.pad_token_id, decoder_start_id=tok.eos_token_id)
+    return tok, loader, itertools.islice(iter(loader), n)
+
+
+def stage_plain(work: str, model_name: str, batch: int, steps: int) -> dict:
+    """The same model, data and objective in a bare PyTorch loop (one thread, AdamW)."""
+    import torch
+
+    from angel_dist.model import load_model
+    from angel_dist.train.config import TrainConfig
+    from angel_dist.train.loop import nll_step
+
+    torch.set_num_threads(1)
+    tok, _, batches = _batches(work, batch, steps)
+    model = load_model(model_name, tok).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5, weight_decay=0.01)
+    cfg = TrainConfig(data=["-"])
+    warm = steps // 3
+    tokens, waited, t0 = 0, 0.0, None
+    it = iter(batches)
+    for i in range(steps):
+        t_wait = time.perf_counter()
+        b = next(it)
+        if i >= warm:
+            waited += time.perf_counter() - t_wait
+        if i == warm:
+            t0, tokens, waited = time.perf_counter(), 0, 0.0
+        loss, _, n = nll_step(model, b, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += n
+    elapsed = time.perf_counter() - t0
+    return {"tokens_per_s": tokens / elapsed, "reader_share_of_step": waited / elapsed,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def stage_pairs(work: str) -> dict:
+    """Pairs: chosen = the example's name, rejected = another concept's; their stored reference
+    log-probs come from the tiny preset (for step time only their presence matters)."""
+    import numpy as np
+    import torch
+
+    from angel_dist.model import load_model, score
+    from angel_dist.pairs import Pair, write_pair_set
+    from angel_dist.shards.reader import iter_shard, open_shard_sets
+    from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
+
+    tok = load_tokenizer(Path(work) / "tok")
+    model = load_model("tiny", tok).eval()
+    shards, _ = open_shard_sets(Path(work) / "examples")
+    samples = [s for sh in shards[:2] for s in iter_shard(sh)][:2000]
+    pairs = []
+    for i, s in enumerate(samples):
+        other = samples[(i + len(samples) // 2) % len(samples)]
+        logps = []
+        for target in (s["target_ids"], other["target_ids"]):
+            dec = torch.tensor(np.concatenate([[tok.eos_token_id], s["prefix_ids"], target]))[None]
+            tmask = torch.arange(dec.shape[1])[None] > len(s["prefix_ids"])
+            src = torch.tensor(s["source_ids"].astype(np.int64))[None]
+            with torch.no_grad():
+                logps.append(score(model, torch.ones_like(src, dtype=torch.bool), dec, torch.ones_like(dec, dtype=torch.bool),
+                                   tmask, source_ids=src).logp.item())
+        pairs.append(Pair(key=f"p{i}", source_key=s["__key__"], prompt=s["source"], prefix=s["prefix"],
+                          chosen=s["target"], rejected=other["target"], cuis=s["cuis"], source_ids=s["source_ids"],
+                          prefix_ids=s["prefix_ids"], chosen_ids=s["target_ids"], rejected_ids=other["target_ids"],
+                          ref_chosen_logp=logps[0], ref_rejected_logp=logps[1]))
+    write_pair_set(Path(work) / "pairs", pairs, 4, {"bench": True},
+                   {"tokenizer_fingerprint": tokenizer_fingerprint(tok), "kb_fingerprint": "bench"})
+    return {"pairs": len(pairs)}
+
+
+def stage_dpo(work: str, model_name: str, batch: int, steps: int, live: bool) -> dict:
+    """DPO steps with stored reference log-probs, or with a live reference model scoring them."""
+    import torch
+
+    from angel_dist.model import load_model, score
+    from angel_dist.train.config import TrainConfig
+    from angel_dist.train.loop import dpo_step
+
+    torch.set_num_threads(1)
+    tok, _, batches = _batches(work, batch, steps, "pairs")
+    rss0 = _peak_rss_mb()
+    policy = load_model(model_name, tok).eval()  # dropout off, as in the engine
+    reference = load_model(model_name, tok).eval().requires_grad_(False) if live else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    cfg = TrainConfig(data=["-"], objective="dpo")
+    warm, t0 = steps // 3, None
+    for i, b in enumerate(batches):
+        if i == warm:
+            t0 = time.perf_counter()
+        if live:
+            with torch.no_grad():
+                rows = [score(reference, b["source_mask"], b[f"{r}_decoder_ids"], b[f"{r}_decoder_mask"],
+                              b[f"{r}_target_mask"], source_ids=b["source_ids"]).logp for r in ("chosen", "rejected")]
+            b = {**b, "ref_chosen_logp": rows[0], "ref_rejected_logp": rows[1]}
+        loss, _, _ = dpo_step(policy, b, cfg)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    per_step = (time.perf_counter() - t0) / (steps - warm)
+    models = 2 if live else 1
+    return {"live_reference": live, "step_s": per_step, "peak_rss_mb": _peak_rss_mb(),
+            "rss_after_data_mb": rss0,
+            "model_bytes": models * sum(p.numel() * p.element_size() for p in policy.parameters())}
+
+
+def run_stage(name: str, *args) -> dict:
+    cmd = [sys.executable, __file__, "--stage", name, *map(str, args)]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+STAGES = {"data": (stage_data, (str,)), "engine": (stage_engine, (str, str, int, int, int, str)),
+          "plain": (stage_plain, (str, str, int, int)), "pairs": (stage_pairs, (str,)),
+          "dpo": (stage_dpo, (str, str, int, int, lambda v: v == "True"))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="small")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--work-dir", default=None)
+    p.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.stage:
+        fn, casts = STAGES[args.stage[0]]
+        print(json.dumps(fn(*[c(v) for c, v in zip(casts, args.stage[1:])])))
+        return
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="angel-bench-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {"cpus": os.cpu_count(), "model": args.model, "batch_size": args.batch_size, "steps": args.steps}
+    if not (work / "examples" / "manifest.json").exists():
+        report["data"] = run_stage("data", work)
+    m, b, n = args.model, args.batch_size, args.steps
+    report["plain_loop"] = run_stage("plain", work, m, b, n)
+    # One rank has nothing to shard: ZeRO stage 0 (ddp.json) is the engine's plain data-parallel
+    # mode; ZeRO-2's flattened fp32 copies are reported beside it.
+    report["engine_1w"] = run_stage("engine", work, m, 1, b, n, "ddp")
+    report["engine_over_plain"] = report["engine_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
+    report["engine_2w"] = run_stage("engine", work, m, 2, b, n, "ddp")
+    report["two_over_one"] = report["engine_2w"]["tokens_per_s"] / report["engine_1w"]["tokens_per_s"]
+    report["engine_zero2_1w"] = run_stage("engine", work, m, 1, b, n, "zero2")
+    report["engine_zero2_2w"] = run_stage("engine", work, m, 2, b, n, "zero2")
+    report["zero2_over_plain"] = report["engine_zero2_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
+    report["zero2_two_over_one"] = report["engine_zero2_2w"]["tokens_per_s"] / report["engine_zero2_1w"]["tokens_per_s"]
+    if not (work / "pairs" / "manifest.json").exists():
+        run_stage("pairs", work)
+    stored, live = (run_stage("dpo", work, m, b, n, flag) for flag in (False, True))
+    report["dpo"] = {"stored_reference": stored, "live_reference": live,
+                     "step_time_stored_over_live": stored["step_s"] / live["step_s"],
+                     "model_bytes_stored_over_live": stored["model_bytes"] / live["model_bytes"]}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
