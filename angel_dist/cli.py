@@ -198,7 +198,45 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("--tag", help="a checkpoint tag (default: latest)")
     ex.set_defaults(run=_export)
+
+    mi = groups.add_parser("mine", help="constrained top-k search on a Ray actor pool -> DPO pair shards")
+    _add_search_common(mi)
+    mi.add_argument("--out", required=True, help="pair shard set directory (shards/PAIRS)")
+    mi.add_argument("--dpo-topk", type=int, default=5, help="beams the pair rule looks at")
+    mi.add_argument("--gold-fallback", action="store_true",
+                    help="mentions with no correct beam: the gold name most similar to the mention as chosen")
+    mi.add_argument("--round", type=int, default=0)
+    mi.add_argument("--fraction", type=float, default=1.0, help="a deterministic sample of each shard's inputs")
+    mi.add_argument("--seed", type=int, default=0)
+    mi.add_argument("--overwrite", action="store_true", help="replace a pair set mined with other settings")
+    mi.set_defaults(run=_mine)
+    ev = groups.add_parser("evaluate", help="acc@1..k on an example shard set, predictions as JSONL")
+    _add_search_common(ev)
+    ev.add_argument("--out", help="predictions JSONL (ANGEL's result layout)")
+    ev.add_argument("--k", type=int, help="report acc@1..k (default: --beams)")
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ev.set_defaults(run=_evaluate)
+    li = groups.add_parser("link", help="top-k KB names, CUIs and scores for a text with START mention END")
+    li.add_argument("--model", required=True, help="a model directory or a training run directory")
+    li.add_argument("--trie", required=True)
+    li.add_argument("--beams", type=int, default=10)
+    li.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
+    li.add_argument("text", nargs="+", help='e.g. "the patient had START renal failure END after surgery"')
+    li.set_defaults(run=_link)
     return p
+
+
+def _add_search_common(p) -> None:
+    p.add_argument("--model", required=True, help="a model directory or a training run directory (its newest "
+                                                  "checkpoint)")
+    p.add_argument("--trie", required=True)
+    p.add_argument("--data", required=True, help="an example shard set")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, each with the model loaded once")
+    p.add_argument("--beams", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--quiet", action="store_true")
 
 
 def _typed(field_type, value: str):
@@ -240,6 +278,43 @@ def _export(args) -> None:
 
     out = export_run(args.run_dir, args.out, tag=args.tag)
     print(f"exported {args.run_dir} to {out}")
+
+
+def _mine(args) -> None:
+    from angel_dist.mine import MineConfig, mine
+
+    manifest = mine(MineConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, actors=args.actors,
+                               beams=args.beams, dpo_topk=args.dpo_topk, gold_fallback=args.gold_fallback,
+                               round=args.round, fraction=args.fraction, seed=args.seed, batch_size=args.batch_size,
+                               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                               overwrite=args.overwrite, progress=not args.quiet))
+    stats = manifest["stats"]
+    print(f"wrote {args.out}: {manifest['total']} pairs from {stats.get('inputs', 0)} inputs "
+          f"({stats.get('inputs_with_pairs', 0)} with pairs, {stats.get('top1_correct', 0)} correct at beam 1, "
+          f"{stats.get('no_correct_beam', 0)} with no correct beam in the top {args.dpo_topk}) in "
+          f"{manifest['n_shards']} shards; TRL format in {args.out}/pairs.parquet")
+
+
+def _evaluate(args) -> None:
+    from angel_dist.evaluate import EvalConfig, evaluate, format_table
+
+    k = args.k or args.beams
+    summary = evaluate(EvalConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, beams=args.beams,
+                                  k=k, actors=args.actors, batch_size=args.batch_size,
+                                  cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                                  progress=not args.quiet))
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary, k))
+    if args.out:
+        print(f"predictions: {args.out}")
+
+
+def _link(args) -> None:
+    from angel_dist.decode.linker import Linker
+    from angel_dist.train.export import model_directory
+
+    linker = Linker(model_directory(args.model), args.trie, beams=args.beams, batch_size=1, device=args.device)
+    for rank, p in enumerate(linker.link(" ".join(args.text)), 1):
+        print(f"{rank:>3}  {p.score:9.4f}  {p.name}  [{', '.join(p.cuis)}]")
 
 
 def main(argv: list[str] | None = None) -> int:

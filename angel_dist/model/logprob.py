@@ -47,3 +47,17 @@ def score(model, source_mask: torch.Tensor, decoder_ids: torch.Tensor, decoder_m
     zeros = torch.zeros(decoder_ids.shape[0], dtype=torch.float32, device=decoder_ids.device)
     return Scores(logp=zeros.index_add(0, rows, token_logp), tokens=mask.sum(dim=1),
                   smooth=zeros.index_add(0, rows, token_smooth))
+
+
+def score_pairs(model, batch: dict) -> tuple[Scores, Scores]:
+    """Chosen and rejected rows of a pair batch (the reader's layout), sharing one encoder pass:
+    the policy's log-probs in DPO training and the reference log-probs written at mining."""
+    states = encode(model, batch["source_ids"], batch["source_mask"])
+    n = states.shape[0]
+    both = score(model, torch.cat([batch["source_mask"]] * 2),
+                 torch.cat([batch["chosen_decoder_ids"], batch["rejected_decoder_ids"]]),
+                 torch.cat([batch["chosen_decoder_mask"], batch["rejected_decoder_mask"]]),
+                 torch.cat([batch["chosen_target_mask"], batch["rejected_target_mask"]]),
+                 encoder_states=torch.cat([states, states]))
+    return (Scores(both.logp[:n], both.tokens[:n], both.smooth[:n]),
+            Scores(both.logp[n:], both.tokens[n:], both.smooth[n:]))

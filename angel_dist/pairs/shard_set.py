@@ -6,6 +6,7 @@ them, so there is nothing left to parallelize but the (cheap) tar writing.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,5 +57,12 @@ def write_pair_set(out: str | Path, pairs: list[Pair], n_shards: int, config: di
     for pair in pairs:
         parts[shard_of(pair.source_key, n_shards)].append(pair)
     for i in sorted(pending):
-        write_shard(plan.out, i, plan.config_hash, ((p.members(), len(p.source_ids)) for p in parts[i]))
+        write_pair_shard(plan.out, i, plan.config_hash, parts[i])
     return finish(plan, {"pairs": len(pairs)})
+
+
+def write_pair_shard(out: str | Path, index: int, config_hash: str, pairs: list[Pair],
+                     stats: Counter | None = None) -> dict:
+    """One pair shard, atomically (what each mining actor writes for its input shard); `stats`
+    go into its record and add up in the manifest."""
+    return write_shard(Path(out), index, config_hash, ((p.members(), len(p.source_ids)) for p in pairs), stats)

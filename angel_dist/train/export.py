@@ -36,3 +36,36 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
         tokenizer.save_pretrained(tmp)
         (tmp / "angel_export.json").write_text(json.dumps({"run": str(run.resolve()), "checkpoint": tag}, indent=2))
     return Path(out)
+
+
+def model_directory(spec: str | Path) -> Path:
+    """A model directory for inference: `spec` itself, or for a training run directory its
+    newest checkpoint exported once to `RUN/export/<tag>` (reused while that tag is newest)."""
+    spec = Path(spec)
+    if not (spec / "train_config.json").exists():
+        if not spec.is_dir():
+            raise FileNotFoundError(f"{spec}: neither a model directory nor a training run directory")
+        return spec
+    tag = ckpt.latest_tag(spec / "checkpoints")
+    if tag is None:
+        raise FileNotFoundError(f"{spec}: a training run without a checkpoint")
+    out = spec / "export" / tag
+    if not (out / "angel_export.json").exists():
+        export_run(spec, out, tag)
+    return out
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over the weight files: which weights mined a pair set or produced predictions."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(Path(model_dir).glob("*.safetensors")) or sorted(Path(model_dir).glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no weight files (*.safetensors)")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from angel_dist.model import encode, load_model, score
+from angel_dist.model import load_model, score, score_pairs
 from angel_dist.objectives import dpo_loss, label_smoothed_nll
 from angel_dist.shards.reader import ReaderConfig, ShardLoader
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -36,17 +36,10 @@ def nll_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, 
 
 
 def dpo_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, int]:
-    """Chosen and rejected rows of a prompt share one encoder pass."""
-    states = encode(model, batch["source_ids"], batch["source_mask"])
-    n = states.shape[0]
-    scores = score(model, torch.cat([batch["source_mask"]] * 2),
-                   torch.cat([batch["chosen_decoder_ids"], batch["rejected_decoder_ids"]]),
-                   torch.cat([batch["chosen_decoder_mask"], batch["rejected_decoder_mask"]]),
-                   torch.cat([batch["chosen_target_mask"], batch["rejected_target_mask"]]),
-                   encoder_states=torch.cat([states, states]))
-    loss, metrics = dpo_loss(scores.logp[:n], scores.logp[n:], batch["ref_chosen_logp"], batch["ref_rejected_logp"],
-                             beta=cfg.beta, loss_type=cfg.dpo_loss, chosen_tokens=scores.tokens[:n],
-                             rejected_tokens=scores.tokens[n:])
+    chosen, rejected = score_pairs(model, batch)
+    loss, metrics = dpo_loss(chosen.logp, rejected.logp, batch["ref_chosen_logp"], batch["ref_rejected_logp"],
+                             beta=cfg.beta, loss_type=cfg.dpo_loss, chosen_tokens=chosen.tokens,
+                             rejected_tokens=rejected.tokens)
     tokens = batch["source_mask"].sum() + batch["chosen_decoder_mask"].sum() + batch["rejected_decoder_mask"].sum()
     return loss, metrics, int(tokens)
 

@@ -9,7 +9,6 @@ Layout (written to a temporary directory, renamed into place when complete):
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

@@ -40,6 +40,7 @@ class Trie:
         self.n_internal = csr.n_internal
         self.n_names = csr.n_sequences
         self.max_degree = csr.max_degree
+        self.max_depth = csr.max_depth
         self.meta = dict(meta or {})
         self.directory = directory
         self._np = {name: getattr(csr, name) for name in ARRAYS}
@@ -141,16 +142,43 @@ class Trie:
         found = (lo < end) & (child_tokens[index].long() == tokens) if len(child_tokens) else lo < end
         return torch.where(found, self._t["child_nodes"][index].long(), torch.full_like(states, -1))
 
-    def allowed_mask(self, states: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
-        """bool[B, V]: which tokens each state allows (all False for dead states and leaves)."""
+    def edges(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every edge out of every state, grouped by state in order: (state row, token, child node).
+
+        What a constrained search scores instead of a dense [B, V] mask: a state allows a
+        handful of tokens, so the candidates are these edges, not the vocabulary."""
         states = states.long()
         lo, hi = self._ranges(states)
         counts = hi - lo
         rows = torch.repeat_interleave(torch.arange(len(states), device=states.device), counts)
-        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
-        edges = starts + torch.arange(len(rows), device=states.device)
+        edges = torch.arange(len(rows), device=states.device) + torch.repeat_interleave(
+            lo - (torch.cumsum(counts, 0) - counts), counts)
+        return rows, self._t["child_tokens"][edges].long(), self._t["child_nodes"][edges].long()
+
+    def heights(self) -> torch.Tensor:
+        """int32 [n_nodes]: the most tokens (eos included) a name can still take from each node;
+        0 at leaves. Computed once, on the trie's device: it bounds how much a beam can still
+        gain from length normalization, so a search can stop early without changing its result."""
+        if "heights" not in self._t:
+            offsets = self._np["offsets"]
+            children = self._np["child_nodes"]
+            height = np.zeros(self.n_nodes, dtype=np.int32)
+            if self.n_internal and len(children):
+                # Every internal node has a child; a node's height is final once its deepest
+                # child's is, so max_depth rounds of "1 + max over children" settle all of them.
+                for _ in range(self.max_depth):
+                    new = 1 + np.maximum.reduceat(height[children], offsets[:-1].astype(np.int64))
+                    if np.array_equal(new, height[:self.n_internal]):
+                        break
+                    height[:self.n_internal] = new
+            self._t["heights"] = torch.from_numpy(height).to(self.device)
+        return self._t["heights"]
+
+    def allowed_mask(self, states: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+        """bool[B, V]: which tokens each state allows (all False for dead states and leaves)."""
+        rows, tokens, _ = self.edges(states)
         mask = torch.zeros(len(states), vocab_size or self.vocab_size, dtype=torch.bool, device=states.device)
-        mask[rows, self._t["child_tokens"][edges].long()] = True
+        mask[rows, tokens] = True
         return mask
 
     def name_ids(self, states: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,267 @@
+"""Trie-constrained beam search: the top-k KB names a model writes after its forced prefix.
+
+Per example: the encoder runs once; the decoder reads `[decoder_start] + prefix` in one pass
+(examples are bucketed by prefix length, so no row is padded and positions stay exact); then
+each step feeds one token per beam through the KV cache. Candidates are the trie edges out of
+the beams' states (a few per beam), scored `beam log-prob + log p(token)`; the K best non-eos
+candidates of an example become its beams, and its eos candidates compete for the K finished
+names by the score of DESIGN.md: sum of name-token log-probs (eos included) / tokens.
+
+An example stops once it holds K finished names and no beam can still beat the worst of them.
+With `stop="exact"` (the default) a beam's final score is bounded by its log-prob divided by
+its longest possible length (log-probs only fall, and the trie bounds the length), so the
+result is exactly what running every beam to its end gives; this bound is loose (a long name
+could dilute a poor start), so searches run deep. `stop="heuristic"` is HF `generate`'s
+default rule, as GenBioEL and ANGEL decode: a beam is judged as if it ended now. Stopped
+examples leave the batch, their cache rows with them.
+
+The cross-attention cache holds the same keys and values for every beam of an example, so
+only the self-attention cache follows the beams' parents at each step.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from angel_dist.trie import Trie
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    name_id: int
+    score: float  # logp / tokens: the ranking score
+    logp: float  # sum of the name's token log-probs, eos included
+    tokens: int  # name tokens + eos
+
+
+@dataclass
+class SearchStats:
+    """What the search fed the model, batch by batch: the shapes a forward-only floor replays."""
+    batches: list[dict] = field(default_factory=list)  # {"examples", "prefix_len", "rows": [rows per step]}
+
+    @property
+    def row_steps(self) -> int:
+        return sum(sum(b["rows"]) for b in self.batches)
+
+
+def _cache_argument(model) -> str:
+    # transformers 5 renamed `past_key_values` to `cache`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(out):
+    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+
+
+def _select_rows(cache, self_rows: torch.Tensor, cross_rows: torch.Tensor | None) -> None:
+    """Keep/reorder cache rows in place: self-attention rows by `self_rows`, cross-attention
+    rows by `cross_rows` (None: unchanged)."""
+    cache.self_attention_cache.reorder_cache(self_rows)
+    if cross_rows is not None:
+        cache.cross_attention_cache.reorder_cache(cross_rows)
+
+
+class Decoder:
+    """The model calls of a search, shared with the forward-only floor of bench/decode.py."""
+
+    def __init__(self, model):
+        self.model = model
+        self.cache_arg = _cache_argument(model)
+        self.start = model.config.decoder_start_token_id
+
+    def encode(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.get_encoder()(input_ids=source_ids, attention_mask=source_mask).last_hidden_state
+
+    def first(self, states: torch.Tensor, source_mask: torch.Tensor, prefix: torch.Tensor):
+        """Read `[decoder_start] + prefix` for each row: (last logits [B, V], cache)."""
+        ids = torch.cat([torch.full((len(prefix), 1), self.start, dtype=torch.long, device=prefix.device), prefix], 1)
+        out = self.model(attention_mask=source_mask, encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
+        return out.logits[:, -1], _output_cache(out)
+
+    def step(self, states: torch.Tensor, source_mask: torch.Tensor, tokens: torch.Tensor, cache) -> torch.Tensor:
+        out = self.model(attention_mask=source_mask, encoder_outputs=(states,), decoder_input_ids=tokens[:, None],
+                         use_cache=True, **{self.cache_arg: cache})
+        return out.logits[:, -1]
+
+
+def _pad_batch(arrays: list[np.ndarray], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(a) for a in arrays)
+    ids = torch.full((len(arrays), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(arrays), length), dtype=torch.bool)
+    for i, a in enumerate(arrays):
+        ids[i, :len(a)] = torch.from_numpy(np.asarray(a, dtype=np.int64))
+        mask[i, :len(a)] = True
+    return ids.to(device), mask.to(device)
+
+
+def batches_by_prefix(sources: list[np.ndarray], prefixes: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Example indices grouped by prefix length, sorted by source length inside a group, cut
+    into batches: a deterministic function of the lengths only."""
+    order = sorted(range(len(sources)), key=lambda i: (len(prefixes[i]), len(sources[i]), i))
+    out, current = [], []
+    for i in order:
+        if current and (len(current) == batch_size or len(prefixes[current[0]]) != len(prefixes[i])):
+            out.append(current)
+            current = []
+        current.append(i)
+    return out + ([current] if current else [])
+
+
+STOPS = ("exact", "heuristic")
+
+
+@dataclass
+class _Finished:
+    """The K best finished names per row (best first): score, log-prob, name id, tokens."""
+    score: torch.Tensor
+    logp: torch.Tensor
+    name: torch.Tensor
+    tokens: torch.Tensor
+
+    @classmethod
+    def empty(cls, n: int, k: int, device) -> "_Finished":
+        return cls(torch.full((n, k), -torch.inf, device=device), torch.zeros((n, k), device=device),
+                   torch.full((n, k), -1, dtype=torch.long, device=device),
+                   torch.zeros((n, k), dtype=torch.long, device=device))
+
+    def merge(self, rows: torch.Tensor, logp: torch.Tensor, names: torch.Tensor, length: int, slots: int,
+              width: int) -> "_Finished":
+        """Add names that ended at beam rows `rows` (row = slot * width + beam), keep the K best."""
+        k = self.score.shape[1]
+        score = torch.full((slots * width,), -torch.inf, device=rows.device)
+        score[rows] = logp / length
+        new_logp = torch.zeros(slots * width, device=rows.device)
+        new_logp[rows] = logp
+        new_name = torch.full((slots * width,), -1, dtype=torch.long, device=rows.device)
+        new_name[rows] = names
+        best, pick = torch.cat([self.score, score.view(slots, width)], 1).topk(k, dim=1)
+        old = pick < k
+        keep = pick.clamp(max=k - 1)
+        fresh = (pick - k).clamp(min=0)
+        return _Finished(best, torch.where(old, self.logp.gather(1, keep), new_logp.view(slots, width).gather(1, fresh)),
+                         torch.where(old, self.name.gather(1, keep), new_name.view(slots, width).gather(1, fresh)),
+                         torch.where(old, self.tokens.gather(1, keep), length))
+
+    def take(self, index: torch.Tensor) -> "_Finished":
+        return _Finished(self.score[index], self.logp[index], self.name[index], self.tokens[index])
+
+    def put(self, index: torch.Tensor, other: "_Finished") -> None:
+        self.score[index], self.logp[index], self.name[index], self.tokens[index] = \
+            other.score, other.logp, other.name, other.tokens
+
+
+class BeamSearch:
+    def __init__(self, model, trie: Trie, beams: int = 10, batch_size: int = 32, stop: str = "exact"):
+        if beams < 1:
+            raise ValueError("beams must be >= 1")
+        if stop not in STOPS:
+            raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
+        if model.training:
+            raise ValueError("beam search needs the model in eval mode (dropout off): call model.eval()")
+        self.model, self.trie, self.beams, self.batch_size = model, trie, beams, batch_size
+        self.decoder = Decoder(model)
+        self.device = next(model.parameters()).device
+        if trie.device != self.device:
+            trie.to(self.device)
+        # "exact": a beam may still grow to its longest completion; "heuristic" (what HF generate
+        # does by default, hence GenBioEL and ANGEL): judge each beam as if it ended now.
+        self.heights = trie.heights() if stop == "exact" else None
+        self.pad = model.config.pad_token_id
+
+    @torch.inference_mode()
+    def search(self, sources: list[np.ndarray], prefixes: list[np.ndarray],
+               stats: SearchStats | None = None) -> list[list[Hypothesis]]:
+        """The top `beams` names of each example, best first (fewer if the trie has fewer)."""
+        results: list[list[Hypothesis]] = [[] for _ in sources]
+        for batch in batches_by_prefix(sources, prefixes, self.batch_size):
+            found = self._search_batch([sources[i] for i in batch], [prefixes[i] for i in batch], stats)
+            for i, hyps in zip(batch, found):
+                results[i] = hyps
+        return results
+
+    def _search_batch(self, sources, prefixes, stats: SearchStats | None) -> list[list[Hypothesis]]:
+        K, trie, dev = self.beams, self.trie, self.device
+        B = len(sources)
+        source_ids, source_mask = _pad_batch(sources, self.pad, dev)
+        prefix = torch.as_tensor(np.stack([np.asarray(p, dtype=np.int64) for p in prefixes]), device=dev)
+        enc = self.decoder.encode(source_ids, source_mask)
+        logits, cache = self.decoder.first(enc, source_mask, prefix)
+        rows_per_step = [B]
+
+        active = torch.arange(B, device=dev)  # example of each active slot
+        states = trie.start(B)  # one beam per example until the first step fans out
+        logp = torch.zeros(B, device=dev)
+        width = 1  # beams per active example in the current rows
+        length = 0  # name tokens so far (the same for every beam)
+        # The K best finished names of each active slot, best first; then of each example.
+        fin = _Finished.empty(B, K, dev)
+        result = _Finished.empty(B, K, dev)
+        enc_rows, mask_rows = enc, source_mask  # row = active slot while width is 1
+
+        while True:
+            A = len(active)
+            # log_softmax, then a gather of the few candidates: one fused pass over the
+            # vocabulary, cheaper than a separate log-sum-exp on CPU.
+            token_logp = torch.log_softmax(logits.float(), dim=-1)
+            row, token, child = trie.edges(states)
+            cand = logp[row] + token_logp[row, token]
+            ends = child >= trie.n_internal
+            length += 1
+            if bool(ends.any()):
+                # A beam has at most one eos edge, so its row is where its finished name goes.
+                end_rows = row[ends]
+                fin = fin.merge(end_rows, cand[ends], child[ends] - trie.n_internal, length, A, width)
+
+            # Running beams: the K best continuing candidates of each example.
+            go_index = (~ends).nonzero(as_tuple=True)[0]
+            if len(go_index) == 0:
+                result.put(active, fin)
+                break
+            g_slot = row[go_index] // width
+            per_slot = torch.bincount(g_slot, minlength=A)
+            first = torch.cumsum(per_slot, 0) - per_slot
+            padded = torch.full((A, max(int(per_slot.max()), K)), -torch.inf, device=dev)
+            padded[g_slot, torch.arange(len(g_slot), device=dev) - first[g_slot]] = cand[go_index]
+            top, top_pos = padded.topk(K, dim=1)
+            alive = torch.isfinite(top)
+            chosen = go_index[(first[:, None] + top_pos).clamp(max=len(go_index) - 1)]
+            parent = torch.where(alive, row[chosen], (torch.arange(A, device=dev) * width)[:, None])
+            new_states = torch.where(alive, child[chosen], -1)
+            new_tokens = torch.where(alive, token[chosen], self.pad)
+
+            # Done: K names finished and no beam can reach the worst of them, or no beam left.
+            full = torch.isfinite(fin.score[:, -1])
+            keep = None
+            if bool(full.any()) or not bool(alive[:, 0].all()):
+                room = self.heights[new_states.clamp(min=0)] if self.heights is not None else 0
+                bound = torch.where(alive, top / (length + room), -torch.inf).max(1).values
+                done = ~alive[:, 0] | (full & (bound <= fin.score[:, -1]))
+                if bool(done.any()):
+                    result.put(active[done], fin.take(done))
+                    if bool(done.all()):
+                        break
+                    keep = (~done).nonzero(as_tuple=True)[0]
+                    fin, active = fin.take(keep), active[keep]
+                    parent, new_states, new_tokens, top = parent[keep], new_states[keep], new_tokens[keep], top[keep]
+            if width == 1 or keep is not None:
+                # The rows change shape (fan-out to K beams, or finished examples leave): every
+                # per-row tensor follows; cross-attention rows are equal within an example.
+                slots = keep if keep is not None else torch.arange(A, device=dev)
+                same = (slots * width).repeat_interleave(K)
+                _select_rows(cache, parent.reshape(-1), same)
+                enc_rows, mask_rows = enc_rows.index_select(0, same), mask_rows.index_select(0, same)
+            else:
+                _select_rows(cache, parent.reshape(-1), None)
+            states, logp = new_states.reshape(-1), top.reshape(-1)
+            width = K
+            logits = self.decoder.step(enc_rows, mask_rows, new_tokens.reshape(-1), cache)
+            rows_per_step.append(len(states))
+
+        if stats is not None:
+            stats.batches.append({"examples": B, "prefix_len": int(prefix.shape[1]), "rows": rows_per_step})
+        columns = zip(*(x.tolist() for x in (result.name, result.score, result.logp, result.tokens)))
+        return [[Hypothesis(n, sc, lp, t) for n, sc, lp, t in zip(*example) if n >= 0] for example in columns]

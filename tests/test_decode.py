@@ -1,0 +1,166 @@
+"""Trie-constrained beam search: exact against brute-force scoring, batch-independent, KB names only."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from angel_dist.decode import BeamSearch, SearchStats
+from angel_dist.kb.table import assemble_kb, read_kb, read_kb_meta, write_kb
+from angel_dist.model import load_model, score
+from angel_dist.tokenizer import load_tokenizer, train_tokenizer
+from angel_dist.trie import Trie
+from angel_dist.trie.build import build_trie
+
+NAMES = ["renal failure", "kidney failure", "cardiac arrest", "heart attack", "ataxia", "fever", "high fever",
+         "renal cyst", "kidney stone", "cardiac failure", "heart failure", "gait ataxia"]
+CUIS = ["C1", "C1", "C2", "C2", "C3", "C4", "C4", "C5", "C6", "C7", "C7", "C3"]
+INPUTS = [("START renal failure END is defined as a kidney disease", "renal failure is"),
+          ("START ataxia END", "ataxia is"),
+          ("heart attack, cardiac arrest are the synonyms of START mi END", "mi is"),
+          ("the patient had START high fever END today", "high fever is"),
+          ("START kidney stones END hurt", "kidney stones is")]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("decode")
+    table, _ = assemble_kb(pa.table({"cui": CUIS, "name": NAMES}))
+    write_kb(table, d / "kb.parquet", {"format": "test"})
+    train_tokenizer(d / "kb.parquet", 300, d / "tok", progress=False)
+    tok = load_tokenizer(d / "tok")
+    build_trie(d / "kb.parquet", tok, d / "trie", progress=False)
+    model = load_model("tiny", tok, seed=1).eval()
+    sources = [np.array(tok(s)["input_ids"]) for s, _ in INPUTS]
+    prefixes = [np.array(tok(" " + p, add_special_tokens=False)["input_ids"]) for _, p in INPUTS]
+    return tok, Trie.load(d / "trie"), model, sources, prefixes
+
+
+def _fit(model, tok, sources, prefixes, targets, steps=150):
+    from angel_dist.shards.reader import collate
+
+    samples = [{"__key__": str(i), "kind": "kb", "cuis": [], "prefix": "", "target": t, "source_ids": s,
+                "prefix_ids": p, "target_ids": np.array(tok(" " + t, add_special_tokens=False)["input_ids"]
+                                                        + [tok.eos_token_id])}
+               for i, (s, p, t) in enumerate(zip(sources, prefixes, targets))]
+    batch = collate(samples, tok.pad_token_id, tok.eos_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        s = score(model, batch["source_mask"], batch["decoder_ids"], batch["decoder_mask"], batch["target_mask"],
+                  source_ids=batch["source_ids"])
+        loss = -(s.logp / s.tokens).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _brute_force(tok, trie, model, source, prefix):
+    """Every KB name scored teacher-forced by the log-prob function: (name, logp / tokens), best first."""
+    names = trie.names()["name"].to_pylist()
+    rows = [[tok.eos_token_id, *prefix, *tok(" " + n, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+            for n in names]
+    length = max(map(len, rows))
+    dec = torch.full((len(rows), length), tok.pad_token_id)
+    dmask = torch.zeros(len(rows), length, dtype=torch.bool)
+    tmask = dmask.clone()
+    for i, r in enumerate(rows):
+        dec[i, :len(r)] = torch.tensor(r)
+        dmask[i, :len(r)] = True
+        tmask[i, 1 + len(prefix):len(r)] = True
+    src = torch.tensor(source)[None].repeat(len(rows), 1)
+    with torch.no_grad():
+        s = score(model, torch.ones_like(src, dtype=torch.bool), dec, dmask, tmask, source_ids=src)
+    norm = (s.logp / s.tokens).tolist()
+    return sorted(zip(names, norm), key=lambda x: -x[1])
+
+
+def test_heights_are_the_longest_remaining_name(small):
+    tok, trie, *_ = small
+    heights = trie.heights()
+    names = trie.names()["name"].to_pylist()
+    seqs = [tok(" " + n, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for n in names]
+    assert int(heights[0]) == max(map(len, seqs))
+    for seq in seqs:
+        for depth in range(len(seq) + 1):
+            node = trie.state(seq[:depth])
+            longest = max(len(s) - depth for s in seqs if s[:depth] == seq[:depth])
+            assert int(heights[node]) == longest
+
+
+def test_beams_at_least_names_rank_like_brute_force(small):
+    tok, trie, model, sources, prefixes = small
+    found = BeamSearch(model, trie, beams=len(NAMES) + 3, batch_size=8).search(sources, prefixes)
+    names = trie.names()["name"].to_pylist()
+    for source, prefix, hyps in zip(sources, prefixes, found):
+        expected = _brute_force(tok, trie, model, source, prefix)
+        assert [names[h.name_id] for h in hyps] == [n for n, _ in expected]  # every name, in the same order
+        np.testing.assert_allclose([h.score for h in hyps], [s for _, s in expected], atol=1e-5)
+        assert all(abs(h.score - h.logp / h.tokens) < 1e-6 for h in hyps)
+
+
+def test_batched_equals_one_at_a_time_and_outputs_are_kb_names(small):
+    tok, trie, model, sources, prefixes = small
+    search = BeamSearch(model, trie, beams=4, batch_size=3)
+    stats = SearchStats()
+    batched = search.search(sources, prefixes, stats)
+    single = [search.search([s], [p])[0] for s, p in zip(sources, prefixes)]
+    assert [[h.name_id for h in r] for r in batched] == [[h.name_id for h in r] for r in single]
+    np.testing.assert_allclose([h.score for r in batched for h in r], [h.score for r in single for h in r], atol=1e-5)
+    assert all(len(r) == 4 for r in batched)
+    assert {b["prefix_len"] for b in stats.batches} == {len(p) for p in prefixes}  # bucketed by prefix length
+    # With beams below the number of names, the top of an exhaustive ranking is still found
+    # on this KB, and every result is a name of the KB.
+    names = trie.names()["name"].to_pylist()
+    for r in batched:
+        assert all(0 <= h.name_id < len(names) for h in r)
+        assert [h.score for h in r] == sorted((h.score for h in r), reverse=True)
+
+
+def test_stopping_rules_on_a_real_kb(tmp_path):
+    """HPO subset, 5 beams: the exact rule returns what running every beam to its end returns;
+    the heuristic rule (HF generate's) stops sooner."""
+    from angel_dist.kb.build import KbBuildConfig, build_kb
+
+    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(tmp_path / "hpo.parquet")), progress=False)
+    write_kb(read_kb(tmp_path / "hpo.parquet").slice(0, 150), tmp_path / "kb.parquet",
+             read_kb_meta(tmp_path / "hpo.parquet"))
+    train_tokenizer(tmp_path / "kb.parquet", 800, tmp_path / "tok", progress=False)
+    tok = load_tokenizer(tmp_path / "tok")
+    build_trie(tmp_path / "kb.parquet", tok, tmp_path / "trie", progress=False)
+    trie = Trie.load(tmp_path / "trie")
+    names = trie.names()["name"].to_pylist()[:12]
+    sources = [np.array(tok(f"the patient shows START {n} END")["input_ids"]) for n in names]
+    prefixes = [np.array(tok(f" {n} is", add_special_tokens=False)["input_ids"]) for n in names]
+    # An untrained model spreads its probability evenly, so no beam can be ruled out early;
+    # a few steps of copying the mention make it as peaked as a trained one.
+    model = _fit(load_model("tiny", tok, seed=3), tok, sources, prefixes, names)
+
+    def run(stop, unbounded=False):
+        search = BeamSearch(model, trie, beams=5, batch_size=4, stop=stop)
+        if unbounded:
+            search.heights = torch.full_like(search.heights, 10 ** 6)  # every beam runs to its end
+        stats = SearchStats()
+        found = search.search(sources, prefixes, stats)
+        return [[h.name_id for h in r] for r in found], stats.row_steps
+
+    exact, exact_steps = run("exact")
+    full, full_steps = run("exact", unbounded=True)
+    heuristic, heuristic_steps = run("heuristic")
+    assert exact == full and exact_steps < full_steps
+    assert heuristic_steps < exact_steps
+    assert all(len(r) == 5 for r in heuristic)
+    with pytest.raises(ValueError, match="stop"):
+        BeamSearch(model, trie, stop="never")
+
+
+def test_search_needs_eval_mode(small):
+    tok, trie, model, *_ = small
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            BeamSearch(model, trie)
+    finally:
+        model.eval()
