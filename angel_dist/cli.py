@@ -223,6 +223,21 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
     li.add_argument("text", nargs="+", help='e.g. "the patient had START renal failure END after surgery"')
     li.set_defaults(run=_link)
+
+    ru = groups.add_parser("run", help="run (or resume) a whole recipe: KB to report")
+    ru.add_argument("recipe", help="a recipe YAML (launchers/recipes/)")
+    ru.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, e.g. pretrain.lr=1e-4")
+    ru.add_argument("--run-dir", required=True, help="run directory; rerunning on it resumes")
+    ru.add_argument("--quiet", action="store_true")
+    ru.set_defaults(run=_run)
+    st = groups.add_parser("status", help="the stages of a pipeline run")
+    st.add_argument("run_dir")
+    st.set_defaults(run=_status)
+    de = groups.add_parser("demo", help="the whole pipeline on HPO, local Ray, CPU (launchers/recipes/demo-hpo.yaml)")
+    de.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    de.add_argument("--run-dir", default="runs/demo")
+    de.add_argument("--quiet", action="store_true")
+    de.set_defaults(run=_demo)
     return p
 
 
@@ -315,6 +330,35 @@ def _link(args) -> None:
     linker = Linker(model_directory(args.model), args.trie, beams=args.beams, batch_size=1, device=args.device)
     for rank, p in enumerate(linker.link(" ".join(args.text)), 1):
         print(f"{rank:>3}  {p.score:9.4f}  {p.name}  [{', '.join(p.cuis)}]")
+
+
+def _run(args) -> None:
+    from angel_dist.pipeline import load_recipe, run_pipeline
+    from angel_dist.report import accuracy_table
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    table = run_pipeline(recipe, args.run_dir, progress=not args.quiet)
+    print(accuracy_table(table, recipe.evaluate.k) if table else "no evaluation sets in this recipe")
+    print(f"report: {args.run_dir}/report.md")
+
+
+def _status(args) -> None:
+    from angel_dist.pipeline.state import read_state
+
+    state = read_state(args.run_dir)
+    print(f"{'stage':<22} {'status':<8} {'seconds':>9}  outputs")
+    for name, record in sorted(state["stages"].items(), key=lambda kv: kv[1]["order"]):
+        out = record["outputs"]
+        brief = ", ".join(f"{k}={v}" for k, v in out.items() if isinstance(v, (int, float)) or k == "dev_acc1")
+        seconds = record.get("seconds")
+        print(f"{name:<22} {record['status']:<8} {'-' if seconds is None else f'{seconds:.1f}':>9}  {brief}")
+
+
+def _demo(args) -> None:
+    from angel_dist.resources import find_resource
+
+    args.recipe = str(find_resource("launchers/recipes/demo-hpo.yaml"))
+    _run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from angel_dist.mine import linker_spec, search_inputs
 from angel_dist.mine.pool import run_pool
 from angel_dist.mine.work import MineSettings
 
-__all__ = ["EvalConfig", "accuracy", "evaluate", "format_table", "hit_at"]
+__all__ = ["EvalConfig", "accuracy", "evaluate", "evaluate_sets", "format_table", "hit_at"]
 
 
 @dataclass
@@ -34,21 +34,32 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """The summary (mentions, acc@1..k, gold missing from the KB); predictions to `cfg.out`."""
+    summary = evaluate_sets(cfg, {"data": cfg.data}, {"data": cfg.out} if cfg.out else {})["data"]
+    return summary
+
+
+def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | None = None) -> dict[str, dict]:
+    """Several example sets (e.g. dev and test) in one actor pool: {name: summary}."""
     if not 1 <= cfg.k <= cfg.beams:
         raise ValueError(f"need 1 <= k <= beams, got k={cfg.k}, beams={cfg.beams}")
-    model_dir, _, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data)
-    jobs = [(i, shard) for i, shard in enumerate(shards)]
+    jobs, owner, model_dir, trie = [], [], None, None
+    for name, data in sets.items():
+        model_dir, _, trie, shards = search_inputs(cfg.model, cfg.trie, data)
+        for shard in shards:
+            jobs.append((len(jobs), shard))
+            owner.append(name)
     results = run_pool("predict", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size,
                                                     cfg.gpus_per_actor), MineSettings(), cfg.actors,
-                       cfg.cpus_per_actor, cfg.gpus_per_actor, total_inputs=sum(s.count for s in shards),
+                       cfg.cpus_per_actor, cfg.gpus_per_actor, total_inputs=sum(j[1].count for j in jobs),
                        progress=cfg.progress, desc="evaluate")
-    records = [r for i in range(len(shards)) for r in results[i]["records"]]
-    kb_cuis = set(pc.unique(pc.list_flatten(trie.names()["cuis"])).to_pylist())
-    summary = accuracy(records, cfg.k, kb_cuis)
-    if cfg.out:
-        with atomic_path(cfg.out) as tmp:
-            with open(tmp, "w") as f:
-                for record in records:
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    summary["model"] = str(model_dir)
-    return summary
+    kb_cuis = set(pc.unique(pc.list_flatten(trie.names()["cuis"])).to_pylist()) if trie is not None else set()
+    out = {}
+    for name in sets:
+        records = [r for i in range(len(jobs)) if owner[i] == name for r in results[i]["records"]]
+        out[name] = {**accuracy(records, cfg.k, kb_cuis), "model": str(model_dir)}
+        if (outs or {}).get(name):
+            with atomic_path(outs[name]) as tmp:
+                with open(tmp, "w") as f:
+                    for record in records:
+                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return out

@@ -33,6 +33,8 @@ class MineConfig:
     round: int = 0
     fraction: float = 1.0
     seed: int = 0
+    chunk: int = 0
+    chunks: int = 1
     batch_size: int = 32  # inputs per beam-search batch
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -46,6 +48,8 @@ class MineConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.actors < 1:
             raise ValueError("actors must be >= 1")
+        if not 0 <= self.chunk < self.chunks:
+            raise ValueError(f"need 0 <= chunk < chunks, got chunk={self.chunk}, chunks={self.chunks}")
 
 
 def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float) -> dict:
@@ -70,17 +74,18 @@ def search_inputs(model: str, trie_dir: str, data: str):
     return model_dir, fingerprint, trie, shards
 
 
-def mine(cfg: MineConfig) -> dict:
-    """Mine pairs; a rerun skips complete pair shards. Returns the pair set's manifest."""
+def mine(cfg: MineConfig, on_shard=None) -> dict:
+    """Mine pairs; a rerun skips complete pair shards. Returns the pair set's manifest.
+    `on_shard(result)` is called in the driver as each pair shard completes."""
     from angel_dist.train.export import model_fingerprint
 
     model_dir, fingerprint, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data)
     data = read_manifest(cfg.data)
     settings = MineSettings(dpo_topk=cfg.dpo_topk, gold_fallback=cfg.gold_fallback, round=cfg.round,
-                            fraction=cfg.fraction, seed=cfg.seed)
+                            fraction=cfg.fraction, seed=cfg.seed, chunk=cfg.chunk, chunks=cfg.chunks)
     config = {"model_fingerprint": model_fingerprint(model_dir), "data_config_hash": data["config_hash"],
               "trie_kb": trie.meta.get("kb_fingerprint"), "beams": cfg.beams,
-              **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "ref_batch_size")}}
+              **{k: v for k, v in asdict(settings).items() if k not in ("search_chunk", "ref_batch_size")}}
     plan = ShardSetPlan(Path(cfg.out), "pairs", len(shards), config,
                         {"tokenizer_fingerprint": fingerprint, "kb_fingerprint": data.get("kb_fingerprint")})
     pending = prepare(plan, cfg.overwrite)
@@ -88,7 +93,7 @@ def mine(cfg: MineConfig) -> dict:
     run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
-             desc="mine")
+             desc="mine", on_result=on_shard)
     manifest = finish(plan)
     write_trl_parquet(plan.out)
     return manifest

@@ -37,13 +37,13 @@ class ShardWorker:
         return mine_shard(self.linker, shard, index, out, config_hash, self.settings, self.gold_names, self.fault)
 
     def predict(self, index: int, shard: Shard) -> dict:
-        return predict_shard(self.linker, shard, index, self.settings.chunk)
+        return predict_shard(self.linker, shard, index, self.settings.search_chunk)
 
 
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,
              cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, fault: str | None = None,
              fault_dir: str | None = None, total_inputs: int | None = None, progress: bool = True,
-             desc: str = "search") -> dict[int, dict]:
+             desc: str = "search", on_result=None) -> dict[int, dict]:
     """Run `ShardWorker.<method>(*job)` for every job (its first element is the shard index) on
     `actors` actors; returns {index: result}. The bar counts inputs (mentions) per second."""
     import ray
@@ -64,6 +64,8 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
             for result in pool.map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs):
                 results[result["index"]] = result
                 bar.update(result["inputs"])
+                if on_result is not None:
+                    on_result(result)
     finally:
         for actor in handles:
             ray.kill(actor)

@@ -35,14 +35,18 @@ class MineSettings:
     round: int = 0
     fraction: float = 1.0  # of each shard's inputs, a deterministic sample by key (pretraining rounds)
     seed: int = 0
-    chunk: int = 256  # inputs per search call: the granularity of progress and fault injection
+    chunk: int = 0  # mine only inputs of this chunk out of `chunks` (fine-tuning rounds)
+    chunks: int = 1
+    search_chunk: int = 256  # inputs per search call: the granularity of progress and fault injection
     ref_batch_size: int = 64
 
 
-def distinct_inputs(samples: list[dict], fraction: float = 1.0, seed: int = 0, round_: int = 0) -> list[dict]:
+def distinct_inputs(samples: list[dict], fraction: float = 1.0, seed: int = 0, round_: int = 0, chunk: int = 0,
+                    chunks: int = 1) -> list[dict]:
     """One sample per distinct (source, prefix, gold): the SYN-k rows of a mention differ only in
     their target and are one input to a search. With `fraction` < 1, a sample of them chosen by a
-    hash of (seed, round, key), the same on any worker."""
+    hash of (seed, round, key); with `chunks` > 1, the inputs of one of `chunks` interleaved
+    chunks (a hash of the key modulo `chunks`). The same on any worker."""
     seen, out = set(), []
     for s in samples:
         identity = (s["source_ids"].tobytes(), s["prefix_ids"].tobytes(), tuple(s["cuis"]))
@@ -50,6 +54,8 @@ def distinct_inputs(samples: list[dict], fraction: float = 1.0, seed: int = 0, r
             continue
         seen.add(identity)
         if fraction < 1.0 and stable_hash64(s["__key__"], seed * 1_000_003 + round_) / 2.0 ** 64 >= fraction:
+            continue
+        if chunks > 1 and stable_hash64(s["__key__"], seed) % chunks != chunk:
             continue
         out.append(s)
     return out
@@ -155,8 +161,9 @@ def pairs_of(linker: Linker, samples: list[dict], predictions: list[list[Predict
 
 def mine_shard(linker: Linker, shard: Shard, index: int, out: str | Path, config_hash: str, settings: MineSettings,
                gold_names: GoldNames | None = None, fault: tuple[int, int, Path] | None = None) -> dict:
-    samples = distinct_inputs(list(iter_shard(shard)), settings.fraction, settings.seed, settings.round)
-    predictions = search_inputs(linker, samples, settings.chunk, index, fault)
+    samples = distinct_inputs(list(iter_shard(shard)), settings.fraction, settings.seed, settings.round,
+                              settings.chunk, settings.chunks)
+    predictions = search_inputs(linker, samples, settings.search_chunk, index, fault)
     pairs, stats = pairs_of(linker, samples, predictions, settings, gold_names)
     record = write_pair_shard(out, index, config_hash, pairs, stats)
     return {"index": index, "inputs": len(samples), "pairs": len(pairs), "stats": dict(stats),

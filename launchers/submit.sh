@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Submit a recipe to a Ray cluster with `ray job submit`.
+#
+#   launchers/submit.sh RECIPE.yaml [KEY=VALUE ...]
+#
+# Environment:
+#   RAY_ADDRESS        the cluster's dashboard, default http://127.0.0.1:8265
+#   RUN_DIR            the run directory on storage every node sees, default runs/<recipe name>
+#   ENTRYPOINT_CPUS    CPUs reserved for the driver (default 1); ENTRYPOINT_GPUS likewise (default 0)
+#   ANGEL_ENV_JSON     extra runtime-env env_vars as a JSON object, e.g. '{"HF_HOME": "/shared/hf"}'
+#   NO_WAIT=1          return once submitted (follow with `ray job logs -f <id>`)
+#
+# The working directory (this checkout) is uploaded without .git, shards/ and runs/; resubmitting
+# the same recipe and overrides on the same RUN_DIR resumes the run.
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: $0 RECIPE.yaml [KEY=VALUE ...]" >&2
+  exit 2
+fi
+recipe=$1
+shift
+cd "$(dirname "$0")/.."
+[ -f "$recipe" ] || { echo "$0: no recipe file $recipe" >&2; exit 2; }
+name=$(basename "$recipe" .yaml)
+run_dir=${RUN_DIR:-runs/$name}
+env_json=${ANGEL_ENV_JSON:-"{}"}
+runtime_env=$(python - "$env_json" <<'PY'
+import json, sys
+env = {"DS_ACCELERATOR": "cpu"} if not __import__("shutil").which("nvidia-smi") else {}
+env.update(json.loads(sys.argv[1]))
+print(json.dumps({"excludes": [".git", "shards/", "runs/", "*.parquet", "__pycache__"], "env_vars": env}))
+PY
+)
+args=(--address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir . --runtime-env-json "$runtime_env"
+      --entrypoint-num-cpus "${ENTRYPOINT_CPUS:-1}" --entrypoint-num-gpus "${ENTRYPOINT_GPUS:-0}")
+[ -n "${NO_WAIT:-}" ] && args+=(--no-wait)
+exec ray job submit "${args[@]}" -- angel run "$recipe" --run-dir "$run_dir" --quiet "$@"

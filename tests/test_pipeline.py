@@ -1,0 +1,149 @@
+"""The pipeline: typed recipes, the demo's held-out synonyms, and a whole run submitted with
+`ray job submit` to a local head on 127.0.0.1, crashed mid-training and mid-mining, resumed."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from angel_dist.cli import main
+from angel_dist.pipeline import load_recipe
+from angel_dist.pipeline.holdout import hold_out
+from angel_dist.pipeline.state import RunState
+from angel_dist.shards.writer import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_recipe_keys_are_errors_naming_the_key(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"kb": {"format": "obo", "sorce": "hpo"}}))
+    with pytest.raises(ValueError, match="'kb.sorce'"):
+        load_recipe(recipe)
+    with pytest.raises(ValueError, match="pretrain_rounds.train.betta"):
+        load_recipe(None, ["pretrain_rounds.train.betta=0.1"])
+    with pytest.raises(ValueError, match="pretrain.out: set by the pipeline"):
+        load_recipe(None, ["pretrain.out=/x"])
+    with pytest.raises(ValueError, match="mine.actors: expected int"):
+        load_recipe(None, ["mine.actors=two"])
+    assert main(["run", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "kb.sorce" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_shipped_recipes_load_and_overrides_apply():
+    for name in ("demo-hpo", "ncbi-medic", "umls-pretrain"):
+        load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml")
+    r = load_recipe(ROOT / "launchers" / "recipes" / "demo-hpo.yaml", ["pretrain.lr=0.01", "kb.limit=10"])
+    assert r.pretrain["lr"] == 0.01 and r.pretrain["batch_size"] == 32 and r.kb.limit == 10
+
+
+def test_a_run_directory_refuses_another_recipe(tmp_path):
+    a, b = load_recipe(None), load_recipe(None, ["kb.limit=5"])
+    from dataclasses import asdict
+
+    RunState(tmp_path, asdict(a), a.fingerprint())
+    with pytest.raises(ValueError, match="kb.limit"):
+        RunState(tmp_path, asdict(b), b.fingerprint())
+
+
+def test_holdout_takes_synonyms_out_of_the_kb():
+    kb = pa.table({"cui": ["A", "B", "C"], "names": [["a", "a1", "a2", "a3"], ["b", "shared"], ["c", "shared", "c1"]]})
+    table, dev, test = hold_out(kb, 1.0, seed=0)
+    held = dev + test
+    assert sorted(held) == [("A", "a1"), ("A", "a2"), ("A", "a3"), ("C", "c1")]  # never a first or a shared name
+    assert table["names"].to_pylist() == [["a"], ["b", "shared"], ["c", "shared"]]
+    assert dev and test and not set(dev) & set(test)
+    assert hold_out(kb, 1.0, seed=0)[1] == dev  # deterministic
+    assert hold_out(kb, 0.0)[1:] == ([], [])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A Ray head with a job server, on 127.0.0.1 only; stopped (only it) at the end."""
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    temp = tmp_path_factory.mktemp("ray")
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
+         "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2", "--include-dashboard", "true",
+         "--disable-usage-stats", "--temp-dir", str(temp)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    for _ in range(120):
+        try:
+            with socket.create_connection(("127.0.0.1", dashboard), timeout=1):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail("the Ray head did not come up")
+    time.sleep(3)
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def _submit(ray_head, recipe: Path, run_dir: Path, faults: dict | None = None) -> int:
+    address, env = ray_head
+    env = {**env, "RAY_ADDRESS": address, "RUN_DIR": str(run_dir), "ENTRYPOINT_CPUS": "0",
+           "ANGEL_ENV_JSON": json.dumps(faults or {})}
+    done = subprocess.run(["bash", str(ROOT / "launchers" / "submit.sh"), str(recipe)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode and not faults:
+        print(done.stdout[-4000:], done.stderr[-4000:], file=sys.stderr)
+    return done.returncode
+
+
+def _pair_shards(run_dir: Path) -> dict:
+    return {p.parent.name: [s["sha256"] for s in read_manifest(p)["shards"]]
+            for p in sorted((run_dir / "rounds").glob("*/pairs"))}
+
+
+def test_submitted_run_crashed_mid_training_and_mid_mining_resumes_to_the_same_result(ray_head, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "tiny", "model": "tiny", "workers": 1,
+        "kb": {"format": "obo", "source": "hpo", "limit": 120, "holdout": 0.3},
+        "tokenizer": {"vocab_size": 700}, "corpus": {"shards": 2},
+        "pretrain": {"max_steps": 30, "lr": 3e-3, "batch_size": 16, "save_every": 10, "warmup_steps": 0},
+        "pretrain_rounds": {"rounds": 2, "fraction": 1.0, "patience": 3,
+                            "train": {"lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_steps": 4}},
+        "mine": {"actors": 1, "beams": 5, "dpo_topk": 3}, "evaluate": {"k": 3}}))
+    clean = tmp_path / "clean"
+    assert _submit(ray_head, recipe, clean) == 0
+    table = json.loads((clean / "run.json").read_text())["stages"]["final-eval"]["outputs"]
+    assert set(table) == {"positive-only", "angel"} and table["angel"]["dev"]["mentions"] > 0
+    assert (clean / "report.md").exists() and (clean / "rounds.png").exists() and (clean / "loss.png").exists()
+    assert (clean / "model" / "config.json").exists()
+    pairs = _pair_shards(clean)
+    assert pairs and all(pairs.values())
+
+    crashed = tmp_path / "crashed"
+    faults = {"ANGEL_FAULT_INJECT": "0:20", "ANGEL_PIPELINE_FAULT": "pretrain-round-1:1"}
+    assert _submit(ray_head, recipe, crashed, faults) != 0  # a training worker dies at step 20
+    state = json.loads((crashed / "run.json").read_text())["stages"]
+    assert state["pretrain"]["status"] == "running"
+    assert (crashed / "train" / "pretrain" / "checkpoints" / "latest").exists()
+    assert _submit(ray_head, recipe, crashed, faults) != 0  # the driver dies after one pair shard
+    state = json.loads((crashed / "run.json").read_text())["stages"]
+    assert state["pretrain"]["status"] == "done" and state["pretrain-round-1"]["status"] == "running"
+    assert _submit(ray_head, recipe, crashed, faults) == 0
+    assert json.loads((crashed / "run.json").read_text())["stages"]["final-eval"]["outputs"] == table
+    assert _pair_shards(crashed) == pairs
+
+    assert main(["status", str(crashed)]) == 0
