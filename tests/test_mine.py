@@ -188,3 +188,16 @@ def test_cli_evaluate_prints_the_table_of_the_summary(setup, predictions, capsys
     printed = json.loads(capsys.readouterr().out)
     assert {k: printed[k] for k in ("mentions", "acc@1", "acc@5")} == {k: summary[k] for k in ("mentions", "acc@1", "acc@5")}
     assert "acc@6" not in printed
+
+
+def test_tfidf_baseline_links_each_mention_to_its_nearest_names():
+    from angel_dist.evaluate.tfidf_baseline import tfidf_records
+
+    names = ["renal failure", "kidney failure", "heart attack", "fever"]
+    cuis = [["C1"], ["C1"], ["C2"], ["C3"]]
+    samples = [{"__key__": "a", "prefix": "renal failures is", "cuis": ["C1"]},
+               {"__key__": "b", "prefix": "heart attacks is", "cuis": ["C9"]}]
+    records = tfidf_records(names, cuis, samples, 2)
+    assert records[0]["result"][0] == "renal failure" and records[0]["correctness"][0]
+    assert records[1]["result"][0] == "heart attack" and not any(records[1]["correctness"])
+    assert accuracy(records, 2) == {"mentions": 2, "acc@1": 0.5, "acc@2": 0.5}

@@ -56,8 +56,9 @@ class Pipeline:
             best = self.rounds("finetune", r.finetune_rounds, tuned, data["train"], trie, evals)
             results = {"positive-only": tuned["model"], "angel": best["model"]}
 
-        table = self.state.run("final-eval", lambda: {name: self._scores(model, trie, evals)
-                                                       for name, model in results.items()})
+        table = self.state.run("final-eval", lambda: {
+            **{name: self._scores(model, trie, evals) for name, model in results.items()},
+            "char TF-IDF nearest name": self.tfidf_baseline(trie, evals)})
         self.state.run("export", lambda: self.export(best["model"]))
         self.state.run("report", lambda: self.report())
         return table
@@ -196,6 +197,13 @@ class Pipeline:
                          progress=self.progress)
         return {split: {key: v for key, v in summary.items() if key != "model"}
                 for split, summary in evaluate_sets(cfg, evals).items()}
+
+    def tfidf_baseline(self, trie: str, evals: dict) -> dict:
+        from angel_dist.evaluate.tfidf_baseline import tfidf_baseline
+        from angel_dist.trie import Trie
+
+        names = Trie.load(trie)
+        return {split: tfidf_baseline(names, data, self.recipe.evaluate.k) for split, data in evals.items()}
 
     def scored(self, model: str, trie: str, evals: dict) -> dict:
         scores = self.evaluate(model, trie, evals)
