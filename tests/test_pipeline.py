@@ -80,7 +80,11 @@ def ray_head(tmp_path_factory):
     head = subprocess.Popen(
         ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
          "--port", str(port), "--dashboard-port", str(dashboard), "--num-cpus", "2", "--include-dashboard", "true",
-         "--disable-usage-stats", "--temp-dir", str(temp)],
+         "--disable-usage-stats", "--temp-dir", str(temp),
+         # Free ports for the agents: another Ray on this machine (the session's local one) holds the defaults,
+         # and a head whose job agent cannot bind never accepts a job.
+         *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                            "--runtime-env-agent-port") for arg in (flag, str(_free_port()))]],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     for _ in range(120):
@@ -92,7 +96,16 @@ def ray_head(tmp_path_factory):
     else:
         os.killpg(head.pid, signal.SIGTERM)
         pytest.fail("the Ray head did not come up")
-    time.sleep(3)
+    # The dashboard answers before its job agent registers ("No available agent to submit job").
+    for _ in range(20):
+        probe = subprocess.run(["ray", "job", "submit", "--address", address, "--", "python", "-c", "pass"], env=env,
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail(f"the Ray head accepts no jobs: {probe.stderr[-2000:]}")
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(timeout=60)

@@ -95,7 +95,7 @@ class Recipe:
     pretrain_rounds: RoundsRecipe = field(default_factory=RoundsRecipe)
     finetune: dict = field(default_factory=dict)  # positive NLL on benchmark train (SYN-k); empty: skipped
     finetune_rounds: RoundsRecipe = field(default_factory=RoundsRecipe)
-    # NLL continued on the corpus for as many steps as the ANGEL rounds took: the compute-matched baseline.
+    # NLL continued from the positive-only model for as many steps as the last phase's ANGEL rounds took.
     matched_baseline: bool = False
     mine: MineRecipe = field(default_factory=MineRecipe)
     evaluate: EvalRecipe = field(default_factory=EvalRecipe)

@@ -42,19 +42,21 @@ class Pipeline:
                                                                    r.pretrain))
         self.state.run("pretrain-eval", lambda: self.scored(pretrained["model"], trie, evals))
         best = self.rounds("pretrain", r.pretrain_rounds, pretrained, data["pretrain"], trie, evals)
-        results = {"positive-only": pretrained["model"], "angel": best["model"]}
-        if r.matched_baseline and best["model"] != pretrained["model"]:
-            steps = sum(self.state.done(n)["steps"] for n in self._round_names("pretrain") if self.state.done(n))
-            matched = self.state.run("matched-nll", lambda: self.train(
-                "matched-nll", "nll", data["pretrain"], pretrained["model"], {**r.pretrain, "max_steps": max(steps, 1)}))
-            results["positive-only + NLL (matched)"] = matched["model"]
-
+        phase, base, phase_data, settings = "pretrain", pretrained, data["pretrain"], r.pretrain
         if data.get("train") and r.finetune:
             tuned = self.state.run("finetune", lambda: self.train("finetune", "nll", data["train"], best["model"],
                                                                   r.finetune))
             self.state.run("finetune-eval", lambda: self.scored(tuned["model"], trie, evals))
             best = self.rounds("finetune", r.finetune_rounds, tuned, data["train"], trie, evals)
-            results = {"positive-only": tuned["model"], "angel": best["model"]}
+            phase, base, phase_data, settings = "finetune", tuned, data["train"], r.finetune
+        results = {"positive-only": base["model"], "angel": best["model"]}
+        # The compute-matched baseline: the positive-only model trained on with NLL for as many
+        # optimizer steps as the last phase's ANGEL rounds took.
+        steps = sum((self.state.done(n) or {}).get("steps", 0) for n in self._round_names(phase))
+        if r.matched_baseline and steps:
+            matched = self.state.run("matched-nll", lambda: self.train(
+                "matched-nll", "nll", phase_data, base["model"], {**settings, "max_steps": steps}))
+            results["positive-only + NLL (matched steps)"] = matched["model"]
 
         table = self.state.run("final-eval", lambda: {
             **{name: self._scores(model, trie, evals) for name, model in results.items()},
