@@ -8,16 +8,15 @@ The metrics JSONL and TensorBoard events stay in each training stage's directory
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path
 from angel_dist.pipeline.state import read_state
+from angel_dist.train.metrics import read_metrics
 
 
 def _metrics(run: str | None) -> list[dict]:
-    path = Path(run or "") / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if run and path.exists() else []
+    return read_metrics(run) if run else []
 
 
 def _rounds(stages: dict, phase: str) -> list[tuple[int, dict]]:

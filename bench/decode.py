@@ -88,7 +88,8 @@ def time_ours(linker, samples, stop: str) -> tuple[float, object]:
 def time_floor(linker, samples, stats, normalize: bool = False) -> float:
     """Replay the search's shapes through the same model calls, with no search logic; with
     `normalize`, also turn each step's logits into log-probs (the model's distribution)."""
-    from angel_dist.decode.beam import Decoder, _pad_batch, _select_rows, batches_by_prefix
+    from angel_dist.decode.beam import Decoder, _select_rows, batches_by_prefix
+    from angel_dist.shards.reader import pad_rows
 
     decoder, dev = Decoder(linker.model), linker.device
     sources, prefixes = [s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples]
@@ -96,7 +97,7 @@ def time_floor(linker, samples, stats, normalize: bool = False) -> float:
     assert [len(g) for g in groups] == [b["examples"] for b in stats.batches]
     t = time.perf_counter()
     for group, batch in zip(groups, stats.batches):
-        ids, mask = _pad_batch([sources[i] for i in group], linker.model.config.pad_token_id, dev)
+        ids, mask = (t.to(dev) for t in pad_rows([sources[i] for i in group], linker.model.config.pad_token_id))
         prefix = torch.as_tensor(np.stack([prefixes[i] for i in group]).astype(np.int64), device=dev)
         enc = decoder.encode(ids, mask)
         _, cache = decoder.first(enc, mask, prefix)

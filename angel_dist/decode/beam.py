@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from angel_dist.model.logprob import encode
+from angel_dist.shards.reader import pad_rows
 from angel_dist.trie import Trie
 
 
@@ -74,7 +76,7 @@ class Decoder:
         self.start = model.config.decoder_start_token_id
 
     def encode(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.get_encoder()(input_ids=source_ids, attention_mask=source_mask).last_hidden_state
+        return encode(self.model, source_ids, source_mask)
 
     def first(self, states: torch.Tensor, source_mask: torch.Tensor, prefix: torch.Tensor):
         """Read `[decoder_start] + prefix` for each row: (last logits [B, V], cache)."""
@@ -86,16 +88,6 @@ class Decoder:
         out = self.model(attention_mask=source_mask, encoder_outputs=(states,), decoder_input_ids=tokens[:, None],
                          use_cache=True, **{self.cache_arg: cache})
         return out.logits[:, -1]
-
-
-def _pad_batch(arrays: list[np.ndarray], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(a) for a in arrays)
-    ids = torch.full((len(arrays), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(arrays), length), dtype=torch.bool)
-    for i, a in enumerate(arrays):
-        ids[i, :len(a)] = torch.from_numpy(np.asarray(a, dtype=np.int64))
-        mask[i, :len(a)] = True
-    return ids.to(device), mask.to(device)
 
 
 def batches_by_prefix(sources: list[np.ndarray], prefixes: list[np.ndarray], batch_size: int) -> list[list[int]]:
@@ -186,7 +178,7 @@ class BeamSearch:
     def _search_batch(self, sources, prefixes, stats: SearchStats | None) -> list[list[Hypothesis]]:
         K, trie, dev = self.beams, self.trie, self.device
         B = len(sources)
-        source_ids, source_mask = _pad_batch(sources, self.pad, dev)
+        source_ids, source_mask = (t.to(dev) for t in pad_rows(sources, self.pad))
         prefix = torch.as_tensor(np.stack([np.asarray(p, dtype=np.int64) for p in prefixes]), device=dev)
         enc = self.decoder.encode(source_ids, source_mask)
         logits, cache = self.decoder.first(enc, source_mask, prefix)

@@ -34,8 +34,7 @@ class EvalConfig:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """The summary (mentions, acc@1..k, gold missing from the KB); predictions to `cfg.out`."""
-    summary = evaluate_sets(cfg, {"data": cfg.data}, {"data": cfg.out} if cfg.out else {})["data"]
-    return summary
+    return evaluate_sets(cfg, {"data": cfg.data}, {"data": cfg.out} if cfg.out else {})["data"]
 
 
 def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | None = None) -> dict[str, dict]:

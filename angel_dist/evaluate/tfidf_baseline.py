@@ -15,9 +15,10 @@ from angel_dist.shards.reader import iter_shard, open_shard_sets
 _CHUNK = 256
 
 
-def tfidf_records(names: list[str], cuis: list[list[str]], samples: list[dict], k: int) -> list[dict]:
-    tfidf = CharTfidf.fit(names)
-    matrix = tfidf.transform(names).T.tocsc()
+def tfidf_records(names: list[str], cuis: list[list[str]], samples: list[dict], k: int,
+                  index: tuple[CharTfidf, object] | None = None) -> list[dict]:
+    """`index`: the fitted TF-IDF and the transposed name matrix, to reuse across calls."""
+    tfidf, matrix = index or name_index(names)
     records = []
     for lo in range(0, len(samples), _CHUNK):
         part = samples[lo:lo + _CHUNK]
@@ -33,11 +34,21 @@ def tfidf_records(names: list[str], cuis: list[list[str]], samples: list[dict], 
     return records
 
 
-def tfidf_baseline(trie, data: str, k: int) -> dict:
-    """acc@1..k of the baseline on an example shard set, over the names of `trie` (a Trie)."""
+def name_index(names: list[str]) -> tuple[CharTfidf, object]:
+    tfidf = CharTfidf.fit(names)
+    return tfidf, tfidf.transform(names).T.tocsc()
+
+
+def tfidf_baseline(trie, sets: dict[str, str], k: int) -> dict[str, dict]:
+    """acc@1..k of the baseline on each example shard set, over the names of `trie` (a Trie);
+    the names are vectorized once for all sets."""
     table = trie.names()
     names, cuis = table["name"].to_pylist(), table["cuis"].to_pylist()
-    shards, _ = open_shard_sets(data)
-    samples = distinct_inputs([s for shard in shards for s in iter_shard(shard)])
+    index = name_index(names)
     kb_cuis = {c for cs in cuis for c in cs}
-    return accuracy(tfidf_records(names, cuis, samples, k), k, kb_cuis)
+    out = {}
+    for split, data in sets.items():
+        shards, _ = open_shard_sets(data)
+        samples = distinct_inputs([s for shard in shards for s in iter_shard(shard)])
+        out[split] = accuracy(tfidf_records(names, cuis, samples, k, index), k, kb_cuis)
+    return out

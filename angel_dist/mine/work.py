@@ -8,7 +8,6 @@ record per input, in ANGEL's result layout.
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from angel_dist.corpus.similarity import CharTfidf, top_k_per_query
 from angel_dist.decode.linker import Linker, Prediction
+from angel_dist.faults import crash_once
 from angel_dist.keys import stable_hash64
 from angel_dist.kb.normalize import normalize_name
 from angel_dist.model import score_pairs
@@ -90,10 +90,8 @@ def _maybe_fault(fault: tuple[int, int, Path] | None, index: int, done: int) -> 
     if fault is None:
         return
     shard, after, marker = fault
-    if shard == index and done >= after and not marker.exists():
-        marker.touch()
-        print(f"[angel] {FAULT_ENV}: worker on shard {index} dies after {done} inputs", flush=True)
-        os._exit(13)
+    if shard == index and done >= after:
+        crash_once(marker, f"{FAULT_ENV}: worker on shard {index} dies after {done} inputs", 13)
 
 
 def search_inputs(linker: Linker, samples: list[dict], chunk: int, index: int = 0,

@@ -17,6 +17,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from angel_dist.faults import crash_once
 from angel_dist.pipeline.recipe import Recipe, RoundsRecipe
 from angel_dist.pipeline.state import RunState
 
@@ -171,12 +172,11 @@ class Pipeline:
         return out
 
     def train(self, name: str, objective: str, data: str, model: str, settings: dict) -> dict:
-        import json
-
         from angel_dist.resources import find_resource
         from angel_dist.train import TrainConfig
         from angel_dist.train.export import model_directory
         from angel_dist.train.launch import run_training
+        from angel_dist.train.metrics import read_metrics
 
         r = self.recipe
         run = self.dir / "train" / name
@@ -185,7 +185,7 @@ class Pipeline:
                           gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker,
                           progress=self.progress, **{"seed": r.seed, **settings})
         run_training(cfg)
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_metrics(run)
         return {"model": str(model_directory(run)), "run": str(run), "steps": metrics[-1]["step"] if metrics else 0}
 
     def evaluate(self, model: str, trie: str, evals: dict) -> dict:
@@ -204,8 +204,7 @@ class Pipeline:
         from angel_dist.evaluate.tfidf_baseline import tfidf_baseline
         from angel_dist.trie import Trie
 
-        names = Trie.load(trie)
-        return {split: tfidf_baseline(names, data, self.recipe.evaluate.k) for split, data in evals.items()}
+        return tfidf_baseline(Trie.load(trie), evals, self.recipe.evaluate.k)
 
     def scored(self, model: str, trie: str, evals: dict) -> dict:
         scores = self.evaluate(model, trie, evals)
@@ -257,10 +256,8 @@ class Pipeline:
 
         def hook(_result):
             seen.append(1)
-            if len(seen) >= after and not marker.exists():
-                marker.touch()
-                print(f"[angel] {FAULT_ENV}: the driver dies in {stage} after {after} pair shard(s)", flush=True)
-                os._exit(17)
+            if len(seen) >= after:
+                crash_once(marker, f"{FAULT_ENV}: the driver dies in {stage} after {after} pair shard(s)", 17)
         return hook
 
 

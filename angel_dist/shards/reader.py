@@ -178,17 +178,23 @@ class EpochSequence:
         return out
 
 
+def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows padded to the longest: (ids int64 [n, L], mask bool [n, L])."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
+        mask[i, :len(r)] = True
+    return ids, mask
+
+
 def collate(samples: list[dict], pad_id: int, decoder_start_id: int) -> dict:
     """Pad to the batch maximum. decoder_ids = [decoder_start] + prefix + target; target_mask
     marks the target tokens (the name and eos), the only ones the loss and scores count.
     Pair samples give chosen_* and rejected_* decoder rows, padded to one length."""
     n = len(samples)
-    src_len = max(len(s["source_ids"]) for s in samples)
-    source = torch.full((n, src_len), pad_id, dtype=torch.long)
-    source_mask = torch.zeros((n, src_len), dtype=torch.bool)
-    for i, s in enumerate(samples):
-        source[i, :len(s["source_ids"])] = torch.from_numpy(s["source_ids"].astype(np.int64))
-        source_mask[i, :len(s["source_ids"])] = True
+    source, source_mask = pad_rows([s["source_ids"] for s in samples], pad_id)
     batch = {"source_ids": source, "source_mask": source_mask, "keys": [s["__key__"] for s in samples],
              "cuis": [s["cuis"] for s in samples], "prefixes": [s["prefix"] for s in samples]}
     pair = samples[0]["kind"] == "pair"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from angel_dist.faults import crash_once
 from angel_dist.model import load_model, score, score_pairs
 from angel_dist.objectives import dpo_loss, label_smoothed_nll
 from angel_dist.shards.reader import ReaderConfig, ShardLoader
@@ -52,11 +53,8 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
     if not spec:
         return
     r, s = (int(x) for x in spec.split(":"))
-    marker = run / f".fault-injected-{r}-{s}"
-    if (r, s) == (rank, step) and not marker.exists():
-        marker.touch()
-        print(f"[angel] {FAULT_ENV}: rank {rank} crashes after step {step}", flush=True)
-        os._exit(13)
+    if (r, s) == (rank, step):
+        crash_once(run / f".fault-injected-{r}-{s}", f"{FAULT_ENV}: rank {rank} crashes after step {step}", 13)
 
 
 def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None]:

@@ -8,6 +8,12 @@ from pathlib import Path
 from angel_dist.atomic import atomic_path
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The logged records of a training run, oldest first ([] before the first log)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 class MetricsLog:
     def __init__(self, run_dir: str | Path, resumed_step: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
