@@ -164,3 +164,45 @@ def test_search_needs_eval_mode(small):
             BeamSearch(model, trie)
     finally:
         model.eval()
+
+
+def test_log_normalizer_matches_logsumexp_in_and_beyond_the_unshifted_range():
+    from angel_dist.decode.beam import log_normalizer_
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5000, generator=g) * 4
+    logits[1] += 90  # e^x overflows float32 without a shift
+    logits[2] -= 200  # e^x underflows to zero without a shift
+    logits[3, 7] = 75.0  # one large logit among ordinary ones
+    logits[4] *= 1e-3  # a near-uniform row
+    expected = torch.logsumexp(logits.double(), -1).float()
+    for rows in (slice(None), [0, 4, 5]):  # a batch that needs the shift, one that does not
+        got = log_normalizer_(logits[rows].clone())
+        assert torch.allclose(got, expected[rows], rtol=1e-6, atol=1e-5), (got, expected[rows])
+    kept = logits.clone()
+    log_normalizer_(kept[[0]])  # advanced indexing copies: the caller's tensor is untouched
+    assert torch.equal(kept, logits)
+
+
+def test_retaining_freed_memory_stops_page_faults_of_repeated_large_buffers():
+    import subprocess
+    import sys
+
+    # A child process: the allocator setting is process-wide.
+    code = """
+import resource, torch
+from angel_dist.allocator import retain_freed_memory
+def faults():
+    for _ in range(3):
+        torch.ones(2_000_000)  # warm-up: 8 MB blocks
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        torch.ones(2_000_000)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+default = faults()
+assert retain_freed_memory()
+print(default, faults())
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    default, retained = map(int, out.stdout.split())
+    assert retained * 10 < default, (default, retained)

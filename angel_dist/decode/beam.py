@@ -13,7 +13,8 @@ its longest possible length (log-probs only fall, and the trie bounds the length
 result is exactly what running every beam to its end gives; this bound is loose (a long name
 could dilute a poor start), so searches run deep. `stop="heuristic"` is HF `generate`'s
 default rule, as GenBioEL and ANGEL decode: a beam is judged as if it ended now. Stopped
-examples leave the batch, their cache rows with them.
+examples leave the batch, their cache rows with them, and each step's rows hold as many beams
+per example as the example with the most live ones (the trie soon leaves most with few).
 
 The cross-attention cache holds the same keys and values for every beam of an example, so
 only the self-attention cache follows the beams' parents at each step.
@@ -105,6 +106,26 @@ def batches_by_prefix(sources: list[np.ndarray], prefixes: list[np.ndarray], bat
 
 STOPS = ("exact", "heuristic")
 
+# Rows whose largest logit lies in this range sum exp(logits) without a shift: no term
+# overflows float32 (e^70 times any vocabulary is far below 3e38), and terms that underflow
+# sit over 27 nats below the largest, beyond float32's precision.
+_UNSHIFTED = (-60.0, 70.0)
+
+
+def log_normalizer_(logits: torch.Tensor) -> torch.Tensor:
+    """log sum exp of each row, what turns a logit into a log-prob; overwrites `logits` (when
+    float32) with exponentials, so gather what you need from them first.
+
+    exp in place and a sum, without the subtraction pass of the textbook log-sum-exp
+    (needed only when a row's largest logit leaves the safe range) and without the fresh
+    [rows, V] table that log_softmax writes: on CPU that table, not the arithmetic, was most
+    of what a search added to the model's own forward."""
+    logits = logits.float()
+    top = logits.amax(-1)
+    if bool(((top > _UNSHIFTED[0]) & (top < _UNSHIFTED[1])).all()):
+        return logits.exp_().sum(-1).log()
+    return logits.sub_(top[:, None]).exp_().sum(-1).log() + top
+
 
 @dataclass
 class _Finished:
@@ -120,22 +141,16 @@ class _Finished:
                    torch.full((n, k), -1, dtype=torch.long, device=device),
                    torch.zeros((n, k), dtype=torch.long, device=device))
 
-    def merge(self, rows: torch.Tensor, logp: torch.Tensor, names: torch.Tensor, length: int, slots: int,
-              width: int) -> "_Finished":
-        """Add names that ended at beam rows `rows` (row = slot * width + beam), keep the K best."""
+    def merge(self, logp: torch.Tensor, names: torch.Tensor, length: int) -> "_Finished":
+        """Add the names that ended now ([slots, beams] log-probs, -inf where a beam did not
+        end), keep the K best of each slot."""
         k = self.score.shape[1]
-        score = torch.full((slots * width,), -torch.inf, device=rows.device)
-        score[rows] = logp / length
-        new_logp = torch.zeros(slots * width, device=rows.device)
-        new_logp[rows] = logp
-        new_name = torch.full((slots * width,), -1, dtype=torch.long, device=rows.device)
-        new_name[rows] = names
-        best, pick = torch.cat([self.score, score.view(slots, width)], 1).topk(k, dim=1)
+        best, pick = torch.cat([self.score, logp / length], 1).topk(k, dim=1)
         old = pick < k
         keep = pick.clamp(max=k - 1)
         fresh = (pick - k).clamp(min=0)
-        return _Finished(best, torch.where(old, self.logp.gather(1, keep), new_logp.view(slots, width).gather(1, fresh)),
-                         torch.where(old, self.name.gather(1, keep), new_name.view(slots, width).gather(1, fresh)),
+        return _Finished(best, torch.where(old, self.logp.gather(1, keep), logp.gather(1, fresh)),
+                         torch.where(old, self.name.gather(1, keep), names.gather(1, fresh)),
                          torch.where(old, self.tokens.gather(1, keep), length))
 
     def take(self, index: torch.Tensor) -> "_Finished":
@@ -196,34 +211,35 @@ class BeamSearch:
 
         while True:
             A = len(active)
-            # log_softmax, then a gather of the few candidates: one fused pass over the
-            # vocabulary, cheaper than a separate log-sum-exp on CPU.
-            token_logp = torch.log_softmax(logits.float(), dim=-1)
-            row, token, child = trie.edges(states)
-            cand = logp[row] + token_logp[row, token]
-            ends = child >= trie.n_internal
+            tokens, children, valid = trie.children(states)  # [rows, D]: D edges per beam at most
+            D = tokens.shape[1]
+            picked = logits.gather(1, tokens).float()
+            cand = torch.where(valid, logp[:, None] + picked - log_normalizer_(logits)[:, None], -torch.inf)
+            ends = children >= trie.n_internal
             length += 1
             if bool(ends.any()):
-                # A beam has at most one eos edge, so its row is where its finished name goes.
-                end_rows = row[ends]
-                fin = fin.merge(end_rows, cand[ends], child[ends] - trie.n_internal, length, A, width)
+                # A beam has at most one eos edge: its best end candidate is that edge.
+                end_logp, end_pos = torch.where(ends, cand, -torch.inf).max(1)
+                names = children.gather(1, end_pos[:, None]).squeeze(1) - trie.n_internal
+                fin = fin.merge(end_logp.view(A, width), names.view(A, width), length)
 
-            # Running beams: the K best continuing candidates of each example.
-            go_index = (~ends).nonzero(as_tuple=True)[0]
-            if len(go_index) == 0:
-                result.put(active, fin)
-                break
-            g_slot = row[go_index] // width
-            per_slot = torch.bincount(g_slot, minlength=A)
-            first = torch.cumsum(per_slot, 0) - per_slot
-            padded = torch.full((A, max(int(per_slot.max()), K)), -torch.inf, device=dev)
-            padded[g_slot, torch.arange(len(g_slot), device=dev) - first[g_slot]] = cand[go_index]
-            top, top_pos = padded.topk(K, dim=1)
+            # Running beams: the K best continuing candidates of each example, over all its beams.
+            go = torch.where(ends, -torch.inf, cand).view(A, width * D)
+            if go.shape[1] < K:
+                go = torch.nn.functional.pad(go, (0, K - go.shape[1]), value=-torch.inf)
+            top, pos = go.topk(K, dim=1)
             alive = torch.isfinite(top)
-            chosen = go_index[(first[:, None] + top_pos).clamp(max=len(go_index) - 1)]
-            parent = torch.where(alive, row[chosen], (torch.arange(A, device=dev) * width)[:, None])
-            new_states = torch.where(alive, child[chosen], -1)
-            new_tokens = torch.where(alive, token[chosen], self.pad)
+            # Rows hold as many beams per example as the example with the most live ones: deep
+            # in a constrained search most examples have few, and dead rows would still cost a
+            # decoder step each.
+            beams = max(int(alive.sum(1).max()), 1)
+            if beams < K:
+                top, pos, alive = top[:, :beams], pos[:, :beams], alive[:, :beams]
+            pos = pos.clamp(max=width * D - 1)
+            base = (torch.arange(A, device=dev) * width)[:, None]
+            parent = torch.where(alive, base + pos // D, base)
+            new_states = torch.where(alive, children.view(A, -1).gather(1, pos), -1)
+            new_tokens = torch.where(alive, tokens.view(A, -1).gather(1, pos), self.pad)
 
             # Done: K names finished and no beam can reach the worst of them, or no beam left.
             full = torch.isfinite(fin.score[:, -1])
@@ -239,17 +255,17 @@ class BeamSearch:
                     keep = (~done).nonzero(as_tuple=True)[0]
                     fin, active = fin.take(keep), active[keep]
                     parent, new_states, new_tokens, top = parent[keep], new_states[keep], new_tokens[keep], top[keep]
-            if width == 1 or keep is not None:
-                # The rows change shape (fan-out to K beams, or finished examples leave): every
-                # per-row tensor follows; cross-attention rows are equal within an example.
+            if beams != width or keep is not None:
+                # The rows change shape (beams per example change, or finished examples leave):
+                # every per-row tensor follows; cross-attention rows are equal within an example.
                 slots = keep if keep is not None else torch.arange(A, device=dev)
-                same = (slots * width).repeat_interleave(K)
+                same = (slots * width).repeat_interleave(beams)
                 _select_rows(cache, parent.reshape(-1), same)
                 enc_rows, mask_rows = enc_rows.index_select(0, same), mask_rows.index_select(0, same)
             else:
                 _select_rows(cache, parent.reshape(-1), None)
             states, logp = new_states.reshape(-1), top.reshape(-1)
-            width = K
+            width = beams
             logits = self.decoder.step(enc_rows, mask_rows, new_tokens.reshape(-1), cache)
             rows_per_step.append(len(states))
 

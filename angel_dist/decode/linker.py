@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from angel_dist.allocator import retain_freed_memory
 from angel_dist.decode.beam import BeamSearch, SearchStats
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -37,6 +38,8 @@ class Linker:
         self.tokenizer = load_tokenizer(tokenizer or model_dir)
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # each search step allocates [rows, vocabulary] logits anew
         self.trie = Trie.load(trie_dir)
         self.trie.check_tokenizer(self.fingerprint)
         # bf16 where the GPU has it (as training), fp32 on CPU.

@@ -33,6 +33,9 @@ class ShardWorker:
             shard, after = (int(x) for x in fault.split(":"))
             self.fault = (shard, after, Path(fault_dir) / f".fault-injected-{shard}-{after}")
 
+    def ready(self) -> bool:
+        return True
+
     def mine(self, index: int, shard: Shard, out: str, config_hash: str) -> dict:
         return mine_shard(self.linker, shard, index, out, config_hash, self.settings, self.gold_names, self.fault)
 
@@ -43,9 +46,10 @@ class ShardWorker:
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,
              cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, fault: str | None = None,
              fault_dir: str | None = None, total_inputs: int | None = None, progress: bool = True,
-             desc: str = "search", on_result=None) -> dict[int, dict]:
+             desc: str = "search", on_result=None, on_ready=None) -> dict[int, dict]:
     """Run `ShardWorker.<method>(*job)` for every job (its first element is the shard index) on
-    `actors` actors; returns {index: result}. The bar counts inputs (mentions) per second."""
+    `actors` actors; returns {index: result}. The bar starts once every actor holds its model
+    (`on_ready` is called then) and counts inputs (mentions) per second."""
     import ray
     from ray.util import ActorPool
 
@@ -57,6 +61,9 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
     worker = ray.remote(ShardWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3,
                                              max_task_retries=3, runtime_env={"env_vars": env})
     handles = [worker.remote(linker, settings, threads, fault, fault_dir) for _ in range(max(1, min(actors, len(jobs))))]
+    ray.get([actor.ready.remote() for actor in handles])
+    if on_ready is not None:
+        on_ready()
     pool = ActorPool(handles)
     results: dict[int, dict] = {}
     try:

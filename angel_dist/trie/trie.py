@@ -142,18 +142,21 @@ class Trie:
         found = (lo < end) & (child_tokens[index].long() == tokens) if len(child_tokens) else lo < end
         return torch.where(found, self._t["child_nodes"][index].long(), torch.full_like(states, -1))
 
-    def edges(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every edge out of every state, grouped by state in order: (state row, token, child node).
+    def children(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edges out of each state, one row per state, padded to the widest: (token, child
+        node, valid), each [len(states), D]; padding has valid False and child -1.
 
         What a constrained search scores instead of a dense [B, V] mask: a state allows a
-        handful of tokens, so the candidates are these edges, not the vocabulary."""
+        handful of tokens, so the candidates are these edges, not the vocabulary. D is at most
+        the vocabulary size, so the padded rows never outgrow the logits they index."""
         states = states.long()
         lo, hi = self._ranges(states)
-        counts = hi - lo
-        rows = torch.repeat_interleave(torch.arange(len(states), device=states.device), counts)
-        edges = torch.arange(len(rows), device=states.device) + torch.repeat_interleave(
-            lo - (torch.cumsum(counts, 0) - counts), counts)
-        return rows, self._t["child_tokens"][edges].long(), self._t["child_nodes"][edges].long()
+        width = max(int((hi - lo).max()), 1) if len(states) else 1
+        index = lo[:, None] + torch.arange(width, device=states.device)
+        valid = index < hi[:, None]
+        index = torch.where(valid, index, torch.zeros_like(index))
+        children = torch.where(valid, self._t["child_nodes"][index].long(), -1)
+        return self._t["child_tokens"][index].long(), children, valid
 
     def heights(self) -> torch.Tensor:
         """int32 [n_nodes]: the most tokens (eos included) a name can still take from each node;
@@ -176,9 +179,9 @@ class Trie:
 
     def allowed_mask(self, states: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
         """bool[B, V]: which tokens each state allows (all False for dead states and leaves)."""
-        rows, tokens, _ = self.edges(states)
+        tokens, _, valid = self.children(states)
         mask = torch.zeros(len(states), vocab_size or self.vocab_size, dtype=torch.bool, device=states.device)
-        mask[rows, tokens] = True
+        mask[valid.nonzero(as_tuple=True)[0], tokens[valid]] = True
         return mask
 
     def name_ids(self, states: torch.Tensor) -> torch.Tensor:
