@@ -93,6 +93,9 @@ def train_worker(loop_config: dict) -> None:
     from angel_dist.train.metrics import MetricsLog
     from angel_dist.train.strategy import DeepSpeedStrategy, ds_config
 
+    # As many compute threads as CPUs this rank was given: Ray does not cap torch's pool, which
+    # otherwise spans the whole machine, so ranks sharing a node would oversubscribe its cores.
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
     rank, world = dist.get_rank(), dist.get_world_size()
     run, root = Path(cfg.out), Path(cfg.out) / "checkpoints"
