@@ -254,36 +254,23 @@ def _add_search_common(p) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-def _typed(field_type, value: str):
-    if "bool" in str(field_type):
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true or false, got {value!r}")
-        return value.lower() in ("true", "1")
-    for cast in (int, float):
-        if cast.__name__ in str(field_type):
-            try:
-                return cast(value)
-            except ValueError:
-                continue
-    return value
-
-
 def _train(args) -> None:
-    from dataclasses import fields
+    import typing
 
     from angel_dist.train.config import TrainConfig
     from angel_dist.train.launch import run_training
+    from angel_dist.typed import coerce
 
     values = {"objective": args.objective, "data": args.data, "model": args.model, "tokenizer": args.tokenizer,
               "ds_config": args.ds_config, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
               "out": args.out, "progress": not args.quiet}
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    types = typing.get_type_hints(TrainConfig)
     for item in args.set or ():
         key, sep, value = item.partition("=")
         key = key.removeprefix("train.")
         if not sep or key not in types:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
-        values[key] = _typed(types[key], value)
+        values[key] = coerce(value, types[key], f"--set {key}")
     run = run_training(TrainConfig.from_dict(values))
     print(f"trained: {run} (metrics in {run / 'metrics.jsonl'}, checkpoints in {run / 'checkpoints'})")
 

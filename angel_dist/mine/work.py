@@ -110,10 +110,7 @@ def reference_logps(linker: Linker, pairs: list[Pair], batch_size: int) -> None:
     start = linker.model.config.decoder_start_token_id
     for lo in range(0, len(pairs), batch_size):
         part = pairs[lo:lo + batch_size]
-        batch = collate([{"__key__": p.key, "kind": "pair", "cuis": p.cuis, "prefix": p.prefix, "chosen": p.chosen,
-                          "rejected": p.rejected, "source_ids": p.source_ids, "prefix_ids": p.prefix_ids,
-                          "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids, "ref_chosen_logp": 0.0,
-                          "ref_rejected_logp": 0.0} for p in part], tok.pad_token_id, start)
+        batch = collate([p.sample() for p in part], tok.pad_token_id, start)
         batch = {k: v.to(linker.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.inference_mode():
             chosen, rejected = score_pairs(linker.model, batch)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from angel_dist.keys import shard_of
-from angel_dist.shards.format import members
+from angel_dist.shards.format import decode_sample, members
 from angel_dist.shards.writer import ShardSetPlan, finish, prepare, write_shard
 
 
@@ -46,6 +46,10 @@ class Pair:
                   "source_key": self.source_key, "ref_chosen_logp": float(self.ref_chosen_logp),
                   "ref_rejected_logp": float(self.ref_rejected_logp)}
         return members(self.key, record, [self.source_ids, self.prefix_ids, self.chosen_ids, self.rejected_ids])
+
+    def sample(self) -> dict:
+        """The pair as the training reader yields it from its shard (what `collate` batches)."""
+        return decode_sample(self.key, {name.removeprefix(f"{self.key}."): data for name, data in self.members()})
 
 
 def write_pair_set(out: str | Path, pairs: list[Pair], n_shards: int, config: dict, fingerprints: dict,

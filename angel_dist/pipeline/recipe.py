@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from angel_dist.train.config import TrainConfig
+from angel_dist.typed import coerce
 
 # Set by the pipeline for each training stage, never by a recipe's train section.
 PIPELINE_OWNED = ("objective", "data", "model", "tokenizer", "out", "ds_config", "workers", "gpus_per_worker",
@@ -107,31 +107,6 @@ class Recipe:
 _TRAIN_SECTIONS = ("pretrain", "finetune", "pretrain_rounds.train", "finetune_rounds.train")
 
 
-def _coerce(value, kind, where: str):
-    """A YAML or command-line value as the field's type."""
-    if typing.get_origin(kind) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{where}: expected true or false, got {value!r}")
-    if kind in (int, float):
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}") from None
-        if kind is int and isinstance(value, float) and value != int(value):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return number
-    if kind is str:
-        return "" if value is None else str(value)
-    return value
-
-
 def _train_section(data, where: str) -> dict:
     if data is None:
         return {}
@@ -145,7 +120,7 @@ def _train_section(data, where: str) -> dict:
         if key not in hints:
             raise ValueError(f"unknown recipe key {where}.{key} (train settings: "
                              f"{', '.join(sorted(set(hints) - set(PIPELINE_OWNED)))})")
-        out[key] = _coerce(value, hints[key], f"{where}.{key}")
+        out[key] = coerce(value, hints[key], f"{where}.{key}")
     return out
 
 
@@ -168,7 +143,7 @@ def _build(cls, data, where: str):
             default = next(f for f in fields(cls) if f.name == key).default_factory()
             values[key] = {**default, **_train_section(value, path)}
         else:
-            values[key] = _coerce(value, kind, path)
+            values[key] = coerce(value, kind, path)
     return cls(**values)
 
 
