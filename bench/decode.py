@@ -3,7 +3,7 @@ reference-style decode, and 1 against 2 Ray actors; every figure from one run, s
 same inputs, one torch thread per process.
 
     python bench/decode.py                                   # tiny and small presets, CPU
-    python bench/decode.py --presets base large --device cuda   # on a GPU
+    python bench/decode.py --presets base large --device cuda --batch-size 128 --skip-actors   # a GPU
 
   ours       BeamSearch (10 beams, KV cache, trie edges, batched by prefix length)
   floor      the same model calls with the same shapes (encoder once, the prefix pass, one
@@ -35,14 +35,14 @@ import torch
 
 
 def prepare(work: Path, concepts: int, shards: int) -> None:
+    if (work / "examples" / "manifest.json").exists():
+        return
     from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
     from angel_dist.kb.build import KbBuildConfig, build_kb
     from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
     from angel_dist.tokenizer import load_tokenizer, train_tokenizer
     from angel_dist.trie.build import build_trie
 
-    if (work / "examples" / "manifest.json").exists():
-        return
     build_kb(KbBuildConfig(format="obo", source="hpo", out=str(work / "hpo.parquet")), progress=False)
     kb = read_kb(work / "hpo.parquet")
     write_kb(kb.slice(0, concepts) if concepts else kb, work / "kb.parquet", read_kb_meta(work / "hpo.parquet"))
@@ -75,14 +75,21 @@ def model_dir(work: Path, preset: str) -> Path:
     return out
 
 
+def _synchronized(device) -> float:
+    """The clock once the device has finished what was queued on it (GPU work is asynchronous)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def time_ours(linker, samples, stop: str) -> tuple[float, object]:
     from angel_dist.decode import BeamSearch, SearchStats
 
     linker.search = BeamSearch(linker.model, linker.trie, beams=10, batch_size=linker.search.batch_size, stop=stop)
     stats = SearchStats()
-    t = time.perf_counter()
+    t = _synchronized(linker.device)
     linker.predict([s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples], stats)
-    return time.perf_counter() - t, stats
+    return _synchronized(linker.device) - t, stats
 
 
 @torch.inference_mode()
@@ -96,7 +103,7 @@ def time_floor(linker, samples, stats, normalize: bool = False) -> float:
     sources, prefixes = [s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples]
     groups = batches_by_prefix(sources, prefixes, linker.search.batch_size)
     assert [len(g) for g in groups] == [b["examples"] for b in stats.batches]
-    t = time.perf_counter()
+    t = _synchronized(dev)
     for group, batch in zip(groups, stats.batches):
         ids, mask = (t.to(dev) for t in pad_rows([sources[i] for i in group], linker.model.config.pad_token_id))
         prefix = torch.as_tensor(np.stack([prefixes[i] for i in group]).astype(np.int64), device=dev)
@@ -111,7 +118,7 @@ def time_floor(linker, samples, stats, normalize: bool = False) -> float:
             logits = decoder.step(enc, mask, torch.zeros(now, dtype=torch.long, device=dev), cache)
             if normalize:
                 log_normalizer_(logits)
-    return time.perf_counter() - t
+    return _synchronized(dev) - t
 
 
 def time_reference(linker, samples) -> float:
@@ -123,8 +130,8 @@ def time_reference(linker, samples) -> float:
         node = root
         for token in seq.tolist():
             node = node.setdefault(token, {})
-    model = linker.model
-    t = time.perf_counter()
+    model, dev = linker.model, linker.device
+    t = _synchronized(dev)
     for s in samples:
         start = 1 + len(s["prefix_ids"])
 
@@ -136,12 +143,13 @@ def time_reference(linker, samples) -> float:
                     return [pad]
             return list(node) or [pad]
 
-        decoder_ids = torch.tensor([[model.config.decoder_start_token_id, *s["prefix_ids"].tolist()]])
-        model.generate(input_ids=torch.tensor(s["source_ids"].astype(np.int64))[None], decoder_input_ids=decoder_ids,
+        decoder_ids = torch.tensor([[model.config.decoder_start_token_id, *s["prefix_ids"].tolist()]], device=dev)
+        source = torch.tensor(s["source_ids"].astype(np.int64), device=dev)[None]
+        model.generate(input_ids=source, decoder_input_ids=decoder_ids,
                        num_beams=linker.search.beams, num_return_sequences=linker.search.beams, use_cache=False,
                        prefix_allowed_tokens_fn=allowed, max_new_tokens=linker.trie.max_depth + 1,
                        early_stopping=False, eos_token_id=eos, pad_token_id=pad)
-    return time.perf_counter() - t
+    return _synchronized(dev) - t
 
 
 def bench_preset(work: Path, preset: str, samples: list[dict], n_reference: int, device: str, batch: int,
@@ -212,6 +220,7 @@ def main() -> None:
     p.add_argument("--concepts", type=int, default=3000, help="HPO concepts in the KB (0: all)")
     p.add_argument("--actor-shards", type=int, default=16)
     p.add_argument("--actor-preset", default="tiny")
+    p.add_argument("--skip-actors", action="store_true", help="no 1-against-2 actors figure (it needs Ray)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
     p.add_argument("--repeats", type=int, default=5, help="timings of ours and the floor, best of each")
@@ -228,7 +237,8 @@ def main() -> None:
         report[preset] = bench_preset(work, preset, samples, args.reference_mentions, args.device, args.batch_size,
                                       args.repeats)
         print(json.dumps({preset: report[preset]}), flush=True)
-    report["actors"] = bench_actors(work, args.actor_preset, args.batch_size)
+    if not args.skip_actors:
+        report["actors"] = bench_actors(work, args.actor_preset, args.batch_size)
     print(json.dumps(report, indent=2))
 
 

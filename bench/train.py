@@ -2,11 +2,13 @@
 reference log-probs against a live reference model, and the reader's share of a step.
 
     python bench/train.py                      # CPU: HPO examples, the `small` preset
+    python bench/train.py --gpu --model large --batch-size 512 --steps 40 --ds zero2   # one GPU
 
 Targets (issue 4): engine with one worker >= 0.9x the plain loop's tokens/s (same threads and
 batch); two workers >= 1.7x one worker (one CPU each); DPO with stored reference log-probs <=
-0.8x the step time of a live reference, with one model's memory instead of two. Stages run in
-subprocesses so that peak memory is their own. Prints a JSON report.
+0.8x the step time of a live reference, with one model's memory instead of two; on a GPU,
+`large` NLL pretraining under ZeRO-2 in bf16 at >= 40% MFU. Stages run in subprocesses so that
+peak memory is their own. Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def stage_plain(work: str, model_name: str, batch: int, steps: int) -> dict:
 
     from angel_dist.model import load_model
     from angel_dist.train.config import TrainConfig
-    from angel_dist.train.loop import nll_step
+    from angel_dist.train.loop import batch_tokens, nll_step
 
     torch.set_num_threads(1)
     tok, _, batches = _batches(work, batch, steps)
@@ -99,12 +101,12 @@ def stage_plain(work: str, model_name: str, batch: int, steps: int) -> dict:
             waited += time.perf_counter() - t_wait
         if i == warm:
             t0, tokens, waited = time.perf_counter(), 0, 0.0
-        loss, _, n = nll_step(model, b, cfg)
+        loss, _ = nll_step(model, b, cfg)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens += n
+        tokens += batch_tokens(b)
     elapsed = time.perf_counter() - t0
     return {"tokens_per_s": tokens / elapsed, "reader_share_of_step": waited / elapsed,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -169,7 +171,7 @@ def stage_dpo(work: str, model_name: str, batch: int, steps: int, live: bool) ->
                 rows = [score(reference, b["source_mask"], b[f"{r}_decoder_ids"], b[f"{r}_decoder_mask"],
                               b[f"{r}_target_mask"], source_ids=b["source_ids"]).logp for r in ("chosen", "rejected")]
             b = {**b, "ref_chosen_logp": rows[0], "ref_rejected_logp": rows[1]}
-        loss, _, _ = dpo_step(policy, b, cfg)
+        loss, _ = dpo_step(policy, b, cfg)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -180,16 +182,98 @@ def stage_dpo(work: str, model_name: str, batch: int, steps: int, live: bool) ->
             "model_bytes": models * sum(p.numel() * p.element_size() for p in policy.parameters())}
 
 
+# Dense bf16 peak of the accelerators MFU is quoted against (datasheet, SXM parts).
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def model_flops_per_token(model, work: str, sample_limit: int = 4000) -> float:
+    """Training FLOPs per token read (forward and backward, 3x the forward), padding excluded,
+    on the lengths of the examples: every weight matrix, 2 FLOPs per multiply-add, touched by
+    the tokens of its stack (encoder: source tokens; decoder and LM head: decoder tokens), plus
+    the attention products (encoder self, decoder causal self, cross)."""
+    from angel_dist.shards.reader import iter_shard, open_shard_sets
+
+    c = model.config
+    embeddings = {id(model.get_input_embeddings().weight)}
+    per_token = {"encoder": 0, "decoder": 0}
+    for name, w in model.named_parameters():
+        if w.dim() == 2 and id(w) not in embeddings and "embed_positions" not in name:
+            per_token["encoder" if ".encoder." in name else "decoder"] += w.numel()
+    per_token["decoder"] += model.get_output_embeddings().weight.numel()  # the LM head, tied to the embeddings
+    shards, _ = open_shard_sets(Path(work) / "examples")
+    flops = tokens = 0.0
+    for shard in shards:
+        for s in iter_shard(shard):
+            ls, ld = len(s["source_ids"]), 1 + len(s["prefix_ids"]) + len(s["target_ids"])
+            forward = 2 * (per_token["encoder"] * ls + per_token["decoder"] * ld)
+            forward += 4 * c.d_model * (c.encoder_layers * ls * ls + c.decoder_layers * (ld * (ld + 1) / 2 + ld * ls))
+            flops, tokens = flops + 3 * forward, tokens + ls + ld
+            sample_limit -= 1
+            if sample_limit == 0:
+                return flops / tokens
+    return flops / tokens
+
+
+def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> dict:
+    """One engine rank (the loop and its DeepSpeed strategy) in this process, on its GPU when it
+    has one, world size 1: `train_worker` holds no Ray, so a step is what a Ray Train worker
+    runs, without Ray's start-up in the figure (and where Ray is not installed)."""
+    import socket
+
+    import torch
+
+    from angel_dist.model import load_model
+    from angel_dist.tokenizer import load_tokenizer
+    from angel_dist.train import TrainConfig
+    from angel_dist.train.loop import train_worker
+
+    w = Path(work)
+    gpu = torch.cuda.is_available()
+    out = w / f"rank-{model_name}-{ds}-{batch}"
+    shutil.rmtree(out, ignore_errors=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                      LOCAL_WORLD_SIZE="1")
+    cfg = TrainConfig(data=[str(w / "examples")], tokenizer=str(w / "tok"), model=model_name, out=str(out),
+                      ds_config=str(ROOT / "ds_configs" / f"{ds}.json"), workers=1, gpus_per_worker=1.0 if gpu else 0.0,
+                      cpus_per_worker=float(min(os.cpu_count() or 1, 4)), batch_size=batch, max_steps=steps,
+                      log_every=max(steps // 4, 1), save_every=10 ** 9, progress=False, loader_workers=4 if gpu else 1)
+    t = time.perf_counter()
+    train_worker({"config": cfg.to_dict(), "fault": None})
+    seconds = time.perf_counter() - t
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = metrics[1:] or metrics  # the first interval holds the warm-up
+    tokens_per_s = sum(m["tokens_per_s"] for m in steady) / len(steady)
+    model = load_model(model_name, load_tokenizer(w / "tok"))
+    flops_token = model_flops_per_token(model, work)
+    name = torch.cuda.get_device_name() if gpu else "cpu"
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    report = {"device": name, "model": model_name, "parameters": sum(p.numel() for p in model.parameters()),
+              "ds_config": ds, "bf16": gpu, "micro_batch": batch, "steps": steps, "tokens_per_s": tokens_per_s,
+              "samples_per_s": sum(m["samples_per_s"] for m in steady) / len(steady),
+              "model_tflops_per_s": tokens_per_s * flops_token / 1e12, "flops_per_token": flops_token,
+              "mfu": tokens_per_s * flops_token / peak if peak else None, "peak_flops": peak,
+              "run_seconds_with_start_and_final_checkpoint": seconds, "loss_first_last": [metrics[0]["loss"], metrics[-1]["loss"]]}
+    if gpu:
+        report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    return report
+
+
 def run_stage(name: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, *map(str, args)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        sys.exit(f"stage {name} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-8000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 STAGES = {"data": (stage_data, (str,)), "engine": (stage_engine, (str, str, int, int, int, str)),
           "plain": (stage_plain, (str, str, int, int)), "pairs": (stage_pairs, (str,)),
-          "dpo": (stage_dpo, (str, str, int, int, lambda v: v == "True"))}
+          "dpo": (stage_dpo, (str, str, int, int, lambda v: v == "True")),
+          "rank": (stage_rank, (str, str, int, int, str))}
 
 
 def main() -> None:
@@ -198,6 +282,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=90)
     p.add_argument("--work-dir", default=None)
+    p.add_argument("--gpu", action="store_true", help="only one rank in one process, on its GPU (CPU when none): tokens/s and MFU")
+    p.add_argument("--ds", default="zero2", help="ds_configs/ template of the --gpu run")
     p.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
@@ -210,6 +296,10 @@ def main() -> None:
     if not (work / "examples" / "manifest.json").exists():
         report["data"] = run_stage("data", work)
     m, b, n = args.model, args.batch_size, args.steps
+    if args.gpu:
+        report["rank"] = run_stage("rank", work, m, b, n, args.ds)
+        print(json.dumps(report, indent=2))
+        return
     # One rank has nothing to shard: ZeRO stage 0 (ddp.json) is the engine's plain data-parallel
     # mode; ZeRO-2's flattened fp32 copies are reported beside it. The plain loop, 1 and 2
     # workers alternate, twice, best of each: runs on this kind of machine differ by a fifth

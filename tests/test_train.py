@@ -161,3 +161,15 @@ def test_export_round_trips_the_log_probs(data, baseline, tmp_path):
     untrained = load_model("tiny", load_tokenizer(data / "tok")).eval()
     with torch.no_grad():
         assert not torch.allclose(score(untrained, *args, source_ids=batch["source_ids"]).logp, a)
+
+
+def test_batch_tokens_counts_the_source_once_and_every_decoder_row_without_padding():
+    from angel_dist.train.loop import batch_tokens
+
+    source = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    decoder = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    target = torch.tensor([[0, 1, 1], [0, 1, 0]], dtype=torch.bool)  # inside the decoder rows: not counted again
+    assert batch_tokens({"source_mask": source, "decoder_mask": decoder, "target_mask": target, "keys": ["a", "b"]}) == 10
+    pair = {"source_mask": source, "chosen_decoder_mask": decoder, "rejected_decoder_mask": decoder[:, :2],
+            "chosen_target_mask": target, "ref_chosen_logp": torch.zeros(2)}
+    assert batch_tokens(pair) == 5 + 5 + 4

@@ -29,20 +29,22 @@ FAULT_ENV = "ANGEL_FAULT_INJECT"  # "RANK:STEP": that rank dies right after that
 _FIXED = ("objective", "data", "model", "tokenizer", "seed", "shuffle_buffer", "bucket", "dpo_loss", "beta")
 
 
-def nll_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, int]:
+def nll_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     scores = score(model, batch["source_mask"], batch["decoder_ids"], batch["decoder_mask"], batch["target_mask"],
                    source_ids=batch["source_ids"])
-    loss, metrics = label_smoothed_nll(scores, cfg.label_smoothing)
-    return loss, metrics, int(batch["source_mask"].sum() + batch["decoder_mask"].sum())
+    return label_smoothed_nll(scores, cfg.label_smoothing)
 
 
-def dpo_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict, int]:
+def dpo_step(model, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     chosen, rejected = score_pairs(model, batch)
-    loss, metrics = dpo_loss(chosen.logp, rejected.logp, batch["ref_chosen_logp"], batch["ref_rejected_logp"],
-                             beta=cfg.beta, loss_type=cfg.dpo_loss, chosen_tokens=chosen.tokens,
-                             rejected_tokens=rejected.tokens)
-    tokens = batch["source_mask"].sum() + batch["chosen_decoder_mask"].sum() + batch["rejected_decoder_mask"].sum()
-    return loss, metrics, int(tokens)
+    return dpo_loss(chosen.logp, rejected.logp, batch["ref_chosen_logp"], batch["ref_rejected_logp"], beta=cfg.beta,
+                    loss_type=cfg.dpo_loss, chosen_tokens=chosen.tokens, rejected_tokens=rejected.tokens)
+
+
+def batch_tokens(batch: dict) -> int:
+    """Tokens the model reads in a batch (padding excluded): the source once, every decoder row.
+    Counted on the host copy: on a GPU, reading a count back would wait for the step."""
+    return int(sum(v.sum() for k, v in batch.items() if k == "source_mask" or k.endswith("decoder_mask")))
 
 
 def _to(batch: dict, device) -> dict:
@@ -86,6 +88,10 @@ def train_worker(loop_config: dict) -> None:
     on_gpu = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
     if not on_gpu:
         os.environ["DS_ACCELERATOR"] = "cpu"  # before DeepSpeed picks its accelerator
+    else:
+        # Batch shapes change from step to step (length buckets); cuDNN's attention builds an
+        # execution plan for each new shape, the other SDPA kernels need none.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     import deepspeed
     import torch.distributed as dist
     from tqdm import tqdm
@@ -145,22 +151,25 @@ def train_worker(loop_config: dict) -> None:
     # Eval mode, not TRL's disable_dropout_in_model: BART applies dropout functionally from
     # config floats, which that helper (it zeroes nn.Dropout modules) does not reach.
     strategy.train(cfg.objective != "dpo")
-    sums: dict[str, float] = {}
+    sums: dict = {}
     micro, tokens, samples, t0 = 0, 0, 0, time.perf_counter()
     while step < total:
         for batch in loader:
-            loss, metrics, n_tokens = step_fn(strategy.module, _to(batch, strategy.device), cfg)
+            n_tokens = batch_tokens(batch)
+            loss, metrics = step_fn(strategy.module, _to(batch, strategy.device), cfg)
             strategy.backward(loss)
             boundary = strategy.step(lr_at(step, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power))
             micro, tokens, samples = micro + 1, tokens + n_tokens, samples + len(batch["keys"])
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+            for k, v in metrics.items():  # summed where they live, read at the next log line
+                sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
             if not boundary:
                 continue
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
-                values = torch.tensor([sums[k] / micro for k in sorted(sums)] + [tokens, samples], dtype=torch.float64)
+                # On the engine's device: NCCL reduces only GPU tensors (gloo either).
+                values = torch.tensor([float(sums[k]) / micro for k in sorted(sums)] + [tokens, samples],
+                                      dtype=torch.float64, device=strategy.device)
                 dist.all_reduce(values)
                 elapsed = time.perf_counter() - t0
                 names = sorted(sums)
