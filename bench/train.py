@@ -56,7 +56,7 @@ def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds
     out = w / f"engine-{ds}-{workers}w"
     shutil.rmtree(out, ignore_errors=True)  # a finished run left there would only be resumed
     cfg = TrainConfig(data=[str(w / "examples")], tokenizer=str(w / "tok"), model=model, out=str(out),
-                      ds_config=str(ROOT / "ds_configs" / f"{ds}.json"), workers=workers, batch_size=batch, bucket=False,
+                      ds_config=str(ROOT / "ds_configs" / f"{ds}.json"), workers=workers, batch_size=batch,
                       max_steps=steps, log_every=steps // 3, save_every=10 ** 9, progress=False, loader_workers=1,
                       cpus_per_worker=1.0)
     run_training(cfg)
@@ -73,7 +73,9 @@ def _batches(work: str, batch: int, n: int, kind: str = "examples"):
     from angel_dist.tokenizer import load_tokenizer
 
     tok = load_tokenizer(Path(work) / "tok")
-    loader = ShardLoader(Path(work) / kind, ReaderConfig(batch_size=batch), num_workers=1,
+    # The engine's reader settings (TrainConfig's defaults: length buckets on), so the plain loop
+    # trains on the batches a one-worker engine gets.
+    loader = ShardLoader(Path(work) / kind, ReaderConfig(batch_size=batch, bucket=True), num_workers=1,
                          pad_id=tok.pad_token_id, decoder_start_id=tok.eos_token_id)
     return tok, loader, itertools.islice(iter(loader), n)
 
@@ -280,7 +282,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--steps", type=int, default=180, help="steps of one worker (two take half as many, on the same samples)")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--gpu", action="store_true", help="only one rank in one process, on its GPU (CPU when none): tokens/s and MFU")
     p.add_argument("--ds", default="zero2", help="ds_configs/ template of the --gpu run")
@@ -303,19 +305,21 @@ def main() -> None:
     # One rank has nothing to shard: ZeRO stage 0 (ddp.json) is the engine's plain data-parallel
     # mode; ZeRO-2's flattened fp32 copies are reported beside it. The plain loop, 1 and 2
     # workers alternate, twice, best of each: runs on this kind of machine differ by a fifth
-    # from one minute to the next.
+    # from one minute to the next. Every run reads the same samples in the same order: n
+    # micro-batches of one worker are n / 2 global batches of two (the reader hands rank r the
+    # r-th slice of each), and the warm-up interval each leaves out covers the same samples too.
     runs: dict[str, list[dict]] = {"plain": [], "1w": [], "2w": []}
     for _ in range(2):
         runs["plain"].append(run_stage("plain", work, m, b, n))
         for w in (1, 2):
-            runs[f"{w}w"].append(run_stage("engine", work, m, w, b, n, "ddp"))
+            runs[f"{w}w"].append(run_stage("engine", work, m, w, b, n // w, "ddp"))
     report["plain_loop"], report["engine_1w"], report["engine_2w"] = (
         max(runs[k], key=lambda r: r["tokens_per_s"]) for k in ("plain", "1w", "2w"))
     report["runs_tokens_per_s"] = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}
     report["engine_over_plain"] = report["engine_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
     report["two_over_one"] = report["engine_2w"]["tokens_per_s"] / report["engine_1w"]["tokens_per_s"]
     report["engine_zero2_1w"] = run_stage("engine", work, m, 1, b, n, "zero2")
-    report["engine_zero2_2w"] = run_stage("engine", work, m, 2, b, n, "zero2")
+    report["engine_zero2_2w"] = run_stage("engine", work, m, 2, b, n // 2, "zero2")
     report["zero2_over_plain"] = report["engine_zero2_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
     report["zero2_two_over_one"] = report["engine_zero2_2w"]["tokens_per_s"] / report["engine_zero2_1w"]["tokens_per_s"]
     if not (work / "pairs" / "manifest.json").exists():
