@@ -90,6 +90,22 @@ def test_heights_are_the_longest_remaining_name(small):
             assert int(heights[node]) == longest
 
 
+def test_heights_come_memory_mapped_from_the_build_and_are_computed_for_older_tries(small, tmp_path):
+    import shutil
+
+    _, trie, *_ = small
+    stored = np.load(trie.directory / "heights.npy", mmap_mode="r")
+    assert isinstance(stored, np.memmap)  # what Trie.heights maps: processes of a node share it
+    assert trie.heights().numpy().tolist() == stored.tolist()
+    older = tmp_path / "trie"
+    shutil.copytree(trie.directory, older)
+    (older / "heights.npy").unlink()
+    assert Trie.load(older).heights().numpy().tolist() == stored.tolist()
+    np.save(older / "heights.npy", stored[:-1])
+    with pytest.raises(ValueError, match="heights for"):
+        Trie.load(older).heights()
+
+
 def test_beams_at_least_names_rank_like_brute_force(small):
     tok, trie, model, sources, prefixes = small
     found = BeamSearch(model, trie, beams=len(NAMES) + 3, batch_size=8).search(sources, prefixes)

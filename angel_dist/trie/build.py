@@ -2,6 +2,8 @@
 
 Layout (written to a temporary directory, renamed into place when complete):
   offsets.npy, child_tokens.npy, child_nodes.npy   int32 CSR arrays (see csr.py)
+  heights.npy     int32 per node: the most tokens a name can still take from it (the exact
+                  search's stopping bound)
   names.parquet   name_id (= leaf node - n_internal), name, cuis (the concept ids and
                   alternative ids of every concept that has this name)
   meta.json       sizes, eos and vocabulary size, tokenizer and KB fingerprints
@@ -21,8 +23,8 @@ from tqdm import tqdm
 from angel_dist.atomic import atomic_path, write_json
 from angel_dist.kb.table import read_kb, read_kb_meta
 from angel_dist.tokenizer import tokenizer_fingerprint
-from angel_dist.trie.csr import build_csr
-from angel_dist.trie.trie import ARRAYS, FORMAT_VERSION, META_FILE, NAMES_FILE
+from angel_dist.trie.csr import build_csr, node_heights
+from angel_dist.trie.trie import ARRAYS, FORMAT_VERSION, HEIGHTS_FILE, META_FILE, NAMES_FILE
 
 ENCODE_BATCH = 50_000
 
@@ -93,6 +95,7 @@ def build_trie(kb_path: str | Path, tokenizer, out_dir: str | Path, tokenizer_na
     with atomic_path(out_dir, directory=True) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
+        np.save(tmp / HEIGHTS_FILE, node_heights(csr))
         pq.write_table(names, tmp / NAMES_FILE)
         write_json(tmp / META_FILE, meta)
     return meta

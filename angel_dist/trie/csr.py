@@ -101,3 +101,19 @@ def build_csr(tokens: np.ndarray, lengths: np.ndarray, eos: int) -> CsrTrie:
         max_degree=int(degrees.max()) if len(degrees) else 0,
         max_depth=depth,
     )
+
+
+def node_heights(csr: CsrTrie) -> np.ndarray:
+    """int32 [n_nodes]: the most tokens (eos included) a sequence can still take from each
+    node; 0 at leaves."""
+    height = np.zeros(csr.n_nodes, dtype=np.int32)
+    if csr.n_internal and len(csr.child_nodes):
+        # Every internal node has a child; a node's height is final once its deepest child's
+        # is, so max_depth rounds of "1 + max over children" settle all of them.
+        starts = np.asarray(csr.offsets[:-1], dtype=np.int64)
+        for _ in range(csr.max_depth):
+            new = 1 + np.maximum.reduceat(height[csr.child_nodes], starts)
+            if np.array_equal(new, height[:csr.n_internal]):
+                break
+            height[:csr.n_internal] = new
+    return height

@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from angel_dist.trie.csr import CsrTrie
+from angel_dist.trie.csr import CsrTrie, node_heights
 
 FORMAT_VERSION = 1
 ARRAYS = ("offsets", "child_tokens", "child_nodes")
+HEIGHTS_FILE = "heights.npy"  # optional: tries built before it compute the heights on load
 META_FILE = "meta.json"
 NAMES_FILE = "names.parquet"
 
@@ -43,6 +44,7 @@ class Trie:
         self.max_depth = csr.max_depth
         self.meta = dict(meta or {})
         self.directory = directory
+        self._csr = csr
         self._np = {name: getattr(csr, name) for name in ARRAYS}
         self._t = {name: _tensor(array) for name, array in self._np.items()}
         # Binary-search rounds that cover the widest node.
@@ -160,21 +162,19 @@ class Trie:
 
     def heights(self) -> torch.Tensor:
         """int32 [n_nodes]: the most tokens (eos included) a name can still take from each node;
-        0 at leaves. Computed once, on the trie's device: it bounds how much a beam can still
-        gain from length normalization, so a search can stop early without changing its result."""
+        0 at leaves. It bounds how much a beam can still gain from length normalization, so a
+        search can stop early without changing its result. Memory-mapped from the trie
+        directory (shared by the processes of a node, like the CSR arrays) when the build wrote
+        it, else computed once."""
         if "heights" not in self._t:
-            offsets = self._np["offsets"]
-            children = self._np["child_nodes"]
-            height = np.zeros(self.n_nodes, dtype=np.int32)
-            if self.n_internal and len(children):
-                # Every internal node has a child; a node's height is final once its deepest
-                # child's is, so max_depth rounds of "1 + max over children" settle all of them.
-                for _ in range(self.max_depth):
-                    new = 1 + np.maximum.reduceat(height[children], offsets[:-1].astype(np.int64))
-                    if np.array_equal(new, height[:self.n_internal]):
-                        break
-                    height[:self.n_internal] = new
-            self._t["heights"] = torch.from_numpy(height).to(self.device)
+            path = self.directory / HEIGHTS_FILE if self.directory is not None else None
+            if path is not None and path.exists():
+                height = np.load(path, mmap_mode="r")
+                if len(height) != self.n_nodes:
+                    raise ValueError(f"{path}: {len(height)} heights for {self.n_nodes} nodes")
+            else:
+                height = node_heights(self._csr)
+            self._t["heights"] = _tensor(height).to(self.device)
         return self._t["heights"]
 
     def allowed_mask(self, states: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
