@@ -14,6 +14,7 @@ peak memory is their own. Prints a JSON report.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -48,6 +49,15 @@ def stage_data(work: str) -> dict:
     return {"examples": manifest["total"]}
 
 
+def _steady_rates(run_dir: Path) -> dict:
+    """Mean tokens/s and samples/s of a run's logged intervals after the first (the warm-up)."""
+    from angel_dist.train.metrics import read_metrics
+
+    metrics = read_metrics(run_dir)
+    steady = metrics[1:] or metrics
+    return {k: sum(m[k] for m in steady) / len(steady) for k in ("tokens_per_s", "samples_per_s")}
+
+
 def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds: str) -> dict:
     from angel_dist.train import TrainConfig
     from angel_dist.train.launch import run_training
@@ -60,22 +70,20 @@ def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds
                       max_steps=steps, log_every=steps // 3, save_every=10 ** 9, progress=False, loader_workers=1,
                       cpus_per_worker=1.0)
     run_training(cfg)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = metrics[1:]  # the first interval holds the warm-up
-    return {"workers": workers, "ds_config": ds, "tokens_per_s": sum(m["tokens_per_s"] for m in steady) / len(steady),
-            "samples_per_s": sum(m["samples_per_s"] for m in steady) / len(steady)}
+    return {"workers": workers, "ds_config": ds, **_steady_rates(out)}
 
 
 def _batches(work: str, batch: int, n: int, kind: str = "examples"):
-    import itertools
-
     from angel_dist.shards.reader import ReaderConfig, ShardLoader
     from angel_dist.tokenizer import load_tokenizer
+    from angel_dist.train.config import TrainConfig
 
     tok = load_tokenizer(Path(work) / "tok")
-    # The engine's reader settings (TrainConfig's defaults: length buckets on), so the plain loop
-    # trains on the batches a one-worker engine gets.
-    loader = ShardLoader(Path(work) / kind, ReaderConfig(batch_size=batch, bucket=True), num_workers=1,
+    # The engine's reader settings (TrainConfig's defaults), so the plain loop trains on the
+    # batches a one-worker engine gets.
+    d = TrainConfig(data=["-"])
+    loader = ShardLoader(Path(work) / kind, ReaderConfig(batch_size=batch, seed=d.seed, shuffle_buffer=d.shuffle_buffer,
+                                                         bucket=d.bucket), num_workers=1,
                          pad_id=tok.pad_token_id, decoder_start_id=tok.eos_token_id)
     return tok, loader, itertools.islice(iter(loader), n)
 
@@ -204,15 +212,11 @@ def model_flops_per_token(model, work: str, sample_limit: int = 4000) -> float:
     per_token["decoder"] += model.get_output_embeddings().weight.numel()  # the LM head, tied to the embeddings
     shards, _ = open_shard_sets(Path(work) / "examples")
     flops = tokens = 0.0
-    for shard in shards:
-        for s in iter_shard(shard):
-            ls, ld = len(s["source_ids"]), 1 + len(s["prefix_ids"]) + len(s["target_ids"])
-            forward = 2 * (per_token["encoder"] * ls + per_token["decoder"] * ld)
-            forward += 4 * c.d_model * (c.encoder_layers * ls * ls + c.decoder_layers * (ld * (ld + 1) / 2 + ld * ls))
-            flops, tokens = flops + 3 * forward, tokens + ls + ld
-            sample_limit -= 1
-            if sample_limit == 0:
-                return flops / tokens
+    for s in itertools.islice((s for shard in shards for s in iter_shard(shard)), sample_limit):
+        ls, ld = len(s["source_ids"]), 1 + len(s["prefix_ids"]) + len(s["target_ids"])
+        forward = 2 * (per_token["encoder"] * ls + per_token["decoder"] * ld)
+        forward += 4 * c.d_model * (c.encoder_layers * ls * ls + c.decoder_layers * (ld * (ld + 1) / 2 + ld * ls))
+        flops, tokens = flops + 3 * forward, tokens + ls + ld
     return flops / tokens
 
 
@@ -228,6 +232,7 @@ def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> d
     from angel_dist.tokenizer import load_tokenizer
     from angel_dist.train import TrainConfig
     from angel_dist.train.loop import train_worker
+    from angel_dist.train.metrics import read_metrics
 
     w = Path(work)
     gpu = torch.cuda.is_available()
@@ -245,19 +250,18 @@ def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> d
     t = time.perf_counter()
     train_worker({"config": cfg.to_dict(), "fault": None})
     seconds = time.perf_counter() - t
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = metrics[1:] or metrics  # the first interval holds the warm-up
-    tokens_per_s = sum(m["tokens_per_s"] for m in steady) / len(steady)
+    rates = _steady_rates(out)
+    tokens_per_s = rates["tokens_per_s"]
+    losses = [m["loss"] for m in read_metrics(out)]
     model = load_model(model_name, load_tokenizer(w / "tok"))
     flops_token = model_flops_per_token(model, work)
     name = torch.cuda.get_device_name() if gpu else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     report = {"device": name, "model": model_name, "parameters": sum(p.numel() for p in model.parameters()),
-              "ds_config": ds, "bf16": gpu, "micro_batch": batch, "steps": steps, "tokens_per_s": tokens_per_s,
-              "samples_per_s": sum(m["samples_per_s"] for m in steady) / len(steady),
+              "ds_config": ds, "bf16": gpu, "micro_batch": batch, "steps": steps, **rates,
               "model_tflops_per_s": tokens_per_s * flops_token / 1e12, "flops_per_token": flops_token,
               "mfu": tokens_per_s * flops_token / peak if peak else None, "peak_flops": peak,
-              "run_seconds_with_start_and_final_checkpoint": seconds, "loss_first_last": [metrics[0]["loss"], metrics[-1]["loss"]]}
+              "run_seconds_with_start_and_final_checkpoint": seconds, "loss_first_last": [losses[0], losses[-1]]}
     if gpu:
         report["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
     return report

@@ -11,6 +11,7 @@ from angel_dist.kb.table import assemble_kb, kb_fingerprint, write_kb
 from angel_dist.tokenizer import BART_SPECIAL_TOKENS, load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from angel_dist.trie import Trie
 from angel_dist.trie.build import build_trie
+from angel_dist.trie.trie import ARRAYS
 from conftest import DATA, needs_data
 
 NAMES = [("C1", "Myocardial Infarction"), ("C1", "Heart attack"), ("C1", "MI"), ("C2", "Diabetes mellitus"),
@@ -71,7 +72,8 @@ def test_trie_records_fingerprints_and_refuses_another_tokenizer(small, tmp_path
 def test_opened_trie_is_memory_mapped_not_copied(small):
     root, _ = small
     trie = Trie.load(root / "trie")
-    for name, array in trie._np.items():
+    for name in ARRAYS:
+        array = getattr(trie._csr, name)
         assert isinstance(array, np.memmap), name
         assert trie._t[name].data_ptr() == array.ctypes.data, name
 

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from angel_dist.trie import Trie, build_csr
+from angel_dist.trie.trie import ARRAYS
 
 EOS = 2
 VOCAB = 40
@@ -112,5 +113,5 @@ def test_csr_is_compact():
     rng = np.random.default_rng(0)
     bodies = {tuple(rng.integers(3, 5000, size=rng.integers(1, 12))) for _ in range(5000)}
     trie = make_trie([list(b) + [EOS] for b in bodies])
-    nbytes = sum(a.nbytes for a in trie._np.values())
+    nbytes = sum(getattr(trie._csr, name).nbytes for name in ARRAYS)
     assert nbytes / trie.n_nodes <= 12.5  # int32 offsets per internal node, token + child per edge

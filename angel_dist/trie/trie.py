@@ -44,9 +44,8 @@ class Trie:
         self.max_depth = csr.max_depth
         self.meta = dict(meta or {})
         self.directory = directory
-        self._csr = csr
-        self._np = {name: getattr(csr, name) for name in ARRAYS}
-        self._t = {name: _tensor(array) for name, array in self._np.items()}
+        self._csr = csr  # numpy arrays (memory-mapped when loaded) for the one-prefix queries
+        self._t = {name: _tensor(getattr(csr, name)) for name in ARRAYS}
         # Binary-search rounds that cover the widest node.
         self._search_rounds = max(1, int(self.max_degree).bit_length())
 
@@ -95,10 +94,10 @@ class Trie:
     def _child(self, node: int, token: int) -> int:
         if node < 0 or node >= self.n_internal:
             return -1
-        lo, hi = int(self._np["offsets"][node]), int(self._np["offsets"][node + 1])
-        tokens = self._np["child_tokens"][lo:hi]
+        lo, hi = int(self._csr.offsets[node]), int(self._csr.offsets[node + 1])
+        tokens = self._csr.child_tokens[lo:hi]
         i = int(np.searchsorted(tokens, token))
-        return int(self._np["child_nodes"][lo + i]) if i < len(tokens) and tokens[i] == token else -1
+        return int(self._csr.child_nodes[lo + i]) if i < len(tokens) and tokens[i] == token else -1
 
     def state(self, prefix_tokens) -> int:
         node = self.root
@@ -113,8 +112,8 @@ class Trie:
         node = self.state(prefix_tokens)
         if node < 0 or node >= self.n_internal:
             return []
-        lo, hi = int(self._np["offsets"][node]), int(self._np["offsets"][node + 1])
-        return self._np["child_tokens"][lo:hi].tolist()
+        lo, hi = int(self._csr.offsets[node]), int(self._csr.offsets[node + 1])
+        return self._csr.child_tokens[lo:hi].tolist()
 
     # -- batches (torch, any device) ---------------------------------------------------
     def start(self, batch_size: int) -> torch.Tensor:
