@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from angel_dist.train.grad_reduce import FlatGradients
+
 
 def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, lr: float, weight_decay: float,
               on_gpu: bool, universal: bool = False) -> dict:
@@ -42,9 +44,21 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
 class DeepSpeedStrategy:
     def __init__(self, model: torch.nn.Module, config: dict):
         import deepspeed
+        import torch.distributed as dist
 
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                                  config=config)
+        self.flat: FlatGradients | None = None
+        if config.get("zero_optimization", {}).get("stage", 0) == 0 and not any(
+                config.get(k, {}).get("enabled") for k in ("bf16", "fp16")):
+            # Stage 0 in fp32 only averages gradients: a lone rank has nothing to average, and
+            # FlatGradients averages without DeepSpeed's copies. (Mixed precision keeps fp32
+            # gradients of its own, so DeepSpeed reduces those.) The attribute is the engine's
+            # own switch for ranks that reduce elsewhere (its pipeline engine sets it too).
+            self.engine.enable_backward_allreduce = False
+            if dist.get_world_size() > 1:
+                self.flat = FlatGradients([p for p in self.engine.module.parameters() if p.requires_grad],
+                                          dist.get_world_size())
 
     @property
     def module(self) -> torch.nn.Module:
@@ -58,7 +72,11 @@ class DeepSpeedStrategy:
         self.engine.train(mode)
 
     def backward(self, loss: torch.Tensor) -> None:
+        if self.flat is not None:
+            self.flat.attach()
         self.engine.backward(loss)
+        if self.flat is not None and self.engine.is_gradient_accumulation_boundary():
+            self.flat.all_reduce_mean()
 
     def step(self, lr: float) -> bool:
         """Apply the micro-batch; True when this was the last micro-batch of an optimizer step."""
