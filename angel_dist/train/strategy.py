@@ -49,16 +49,16 @@ class DeepSpeedStrategy:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                                  config=config)
         self.flat: FlatGradients | None = None
-        if config.get("zero_optimization", {}).get("stage", 0) == 0 and not any(
-                config.get(k, {}).get("enabled") for k in ("bf16", "fp16")):
+        engine = self.engine
+        if engine.zero_optimization_stage() == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
             # Stage 0 in fp32 only averages gradients: a lone rank has nothing to average, and
             # FlatGradients averages without DeepSpeed's copies. (Mixed precision keeps fp32
             # gradients of its own, so DeepSpeed reduces those.) The attribute is the engine's
             # own switch for ranks that reduce elsewhere (its pipeline engine sets it too).
-            self.engine.enable_backward_allreduce = False
-            if dist.get_world_size() > 1:
-                self.flat = FlatGradients([p for p in self.engine.module.parameters() if p.requires_grad],
-                                          dist.get_world_size())
+            engine.enable_backward_allreduce = False
+            world = dist.get_world_size()
+            if world > 1:
+                self.flat = FlatGradients([p for p in engine.module.parameters() if p.requires_grad], world)
 
     @property
     def module(self) -> torch.nn.Module:
