@@ -1,3 +1,4 @@
+import socket
 from pathlib import Path
 
 import pytest
@@ -5,6 +6,13 @@ import pytest
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (tests bind loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

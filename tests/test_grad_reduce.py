@@ -1,14 +1,13 @@
 """FlatGradients across two gloo ranks on loopback: the averaged gradients are the mean of the
 ranks' own, accumulation reduces only once, and gradients stay in the buffer across steps."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from angel_dist.train.grad_reduce import FlatGradients
+from conftest import free_port
 
 
 def _model() -> torch.nn.Module:
@@ -50,17 +49,11 @@ def _rank(rank: int, world: int, port: int, out) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_flat_gradients_average_the_ranks_gradients():
     world = 2
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(world, _free_port(), out), nprocs=world)
+        mp.spawn(_rank, args=(world, free_port(), out), nprocs=world)
         results = dict(out)
     for step, micros in enumerate((1, 2)):
         mean = [sum(gs) / world for gs in zip(*(_local_grads(r, micros) for r in range(world)))]

@@ -19,6 +19,7 @@ from angel_dist.pipeline import load_recipe
 from angel_dist.pipeline.holdout import hold_out
 from angel_dist.pipeline.state import RunState
 from angel_dist.shards.writer import read_manifest
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,16 +66,10 @@ def test_holdout_takes_synonyms_out_of_the_kb():
     assert hold_out(kb, 0.0)[1:] == ([], [])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A Ray head with a job server, on 127.0.0.1 only; stopped (only it) at the end."""
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     temp = tmp_path_factory.mktemp("ray")
     head = subprocess.Popen(
@@ -84,7 +79,7 @@ def ray_head(tmp_path_factory):
          # Free ports for the agents: another Ray on this machine (the session's local one) holds the defaults,
          # and a head whose job agent cannot bind never accepts a job.
          *[arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
-                            "--runtime-env-agent-port") for arg in (flag, str(_free_port()))]],
+                            "--runtime-env-agent-port") for arg in (flag, str(free_port()))]],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     for _ in range(120):
