@@ -1,5 +1,10 @@
-"""FlatGradients across two gloo ranks on loopback: the averaged gradients are the mean of the
-ranks' own, accumulation reduces only once, and gradients stay in the buffer across steps."""
+"""FlatGradients across two ranks on one node: the averaged gradients are the mean of the ranks'
+own (reduced through gloo on loopback, and through DeepSpeed's shared-memory all-reduce that
+init_distributed brings up on CPU), accumulation reduces only once, a parameter without a
+gradient on one rank counts as zeros, and gradients stay in the buffer across steps."""
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,64 +14,78 @@ import torch.multiprocessing as mp
 from angel_dist.train.grad_reduce import FlatGradients
 from conftest import free_port
 
+# Micro-batches per step: a plain step; two accumulated; one into the views the optimizer zeroed in
+# place (instead of dropping them); one where rank 1 has no gradient for the last layer.
+STEPS = (1, 2, 1, 1)
+
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Embedding(11, 6), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    return torch.nn.Sequential(torch.nn.Embedding(11, 6), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3),
+                               torch.nn.Linear(3, 3))
 
 
-def _loss(model, rank: int, micro: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(100 * rank + micro)
+def _loss(model, rank: int, step: int, micro: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 * rank + 10 * step + micro)
     x = torch.randint(0, 11, (4,), generator=g)
-    return model(x).pow(2).mean() * (rank + 1)
+    skip_last = step == 3 and rank == 1
+    h = model[:4](x) if skip_last else model(x)
+    return h.pow(2).mean() * (rank + 1)
 
 
-def _local_grads(rank: int, micros: int) -> list[torch.Tensor]:
+def _local_grads(rank: int, step: int) -> list[torch.Tensor]:
     model = _model()
-    for m in range(micros):
-        _loss(model, rank, m).backward()
-    return [p.grad.clone() for p in model.parameters()]
+    for m in range(STEPS[step]):
+        _loss(model, rank, step, m).backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def _rank(rank: int, world: int, port: int, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _rank(rank: int, world: int, port: int, shared_memory: bool, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    if shared_memory:
+        from angel_dist.train.strategy import _shared_memory_all_reduce, init_distributed
+
+        init_distributed(on_gpu=False)
+        reduce = _shared_memory_all_reduce()
+        assert reduce is not None, "DeepSpeed's shared-memory all-reduce did not come up"
+        dist.barrier()  # every rank has unlinked its segment
+        out[f"segments-{rank}"] = sorted(p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
+    else:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        reduce = None
     try:
         model = _model()
-        flat = FlatGradients(list(model.parameters()), world)
+        flat = FlatGradients(list(model.parameters()), world, reduce)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the weights stay those of _model()
         results = []
-        for micros in (1, 2):  # a plain step, then two micro-batches accumulated before one reduction
+        for step, micros in enumerate(STEPS):
             for m in range(micros):
-                flat.attach()
-                _loss(model, rank, m).backward()
+                _loss(model, rank, step, m).backward()
             flat.all_reduce_mean()
             results.append([p.grad.clone() for p in model.parameters()])
             assert all(p.grad.data_ptr() == v.data_ptr() for p, v in flat.views)
             opt.step()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=step != 1)
         out[rank] = results
     finally:
         dist.destroy_process_group()
 
 
-def test_flat_gradients_average_the_ranks_gradients():
-    world = 2
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["gloo", "shared-memory"])
+def test_flat_gradients_average_the_ranks_gradients(shared_memory):
+    world, port = 2, free_port()
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(world, free_port(), out), nprocs=world)
+        mp.spawn(_rank, args=(world, port, shared_memory, out), nprocs=world)
         results = dict(out)
-    for step, micros in enumerate((1, 2)):
-        mean = [sum(gs) / world for gs in zip(*(_local_grads(r, micros) for r in range(world)))]
+    for step in range(len(STEPS)):
+        mean = [sum(gs) / world for gs in zip(*(_local_grads(r, step) for r in range(world)))]
         for rank in range(world):
             got = results[rank][step]
             assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(got, mean))
         assert all(torch.equal(a, b) for a, b in zip(results[0][step], results[1][step]))
-
-
-def test_a_gradient_replaced_after_attach_is_refused():
-    model = _model()
-    flat = FlatGradients(list(model.parameters()), 1)
-    flat.attach()
-    next(model.parameters()).grad = torch.zeros_like(next(model.parameters()))
-    with pytest.raises(RuntimeError, match="left the flat buffer"):
-        flat.all_reduce_mean()
+    assert not mean[-1].eq(0).all()  # rank 1 had no gradient for the last layer; rank 0's was halved
+    if shared_memory:
+        assert results["segments-0"] == results["segments-1"] == []  # nothing left in /dev/shm

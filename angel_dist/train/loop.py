@@ -92,17 +92,16 @@ def train_worker(loop_config: dict) -> None:
         # Batch shapes change from step to step (length buckets); cuDNN's attention builds an
         # execution plan for each new shape, the other SDPA kernels need none.
         torch.backends.cuda.enable_cudnn_sdp(False)
-    import deepspeed
     import torch.distributed as dist
     from tqdm import tqdm
 
     from angel_dist.train.metrics import MetricsLog
-    from angel_dist.train.strategy import DeepSpeedStrategy, ds_config
+    from angel_dist.train.strategy import DeepSpeedStrategy, ds_config, init_distributed
 
     # As many compute threads as CPUs this rank was given: Ray does not cap torch's pool, which
     # otherwise spans the whole machine, so ranks sharing a node would oversubscribe its cores.
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    init_distributed(on_gpu)
     rank, world = dist.get_rank(), dist.get_world_size()
     run, root = Path(cfg.out), Path(cfg.out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
