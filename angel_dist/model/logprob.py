@@ -32,10 +32,11 @@ def score(model, source_mask: torch.Tensor, decoder_ids: torch.Tensor, decoder_m
     (rows of `encoder_states`/`source_mask` align with the decoder rows)."""
     if (source_ids is None) == (encoder_states is None):
         raise ValueError("pass exactly one of source_ids and encoder_states")
-    if encoder_states is None:
-        encoder_states = encode(model, source_ids, source_mask)
-    out = model(attention_mask=source_mask, encoder_outputs=(encoder_states,), decoder_input_ids=decoder_ids,
-                decoder_attention_mask=decoder_mask, use_cache=False)
+    # One call of the model, the encoder in it when it runs here: a DeepSpeed engine standing in
+    # for the model (training) then sees the whole forward pass.
+    source = {"input_ids": source_ids} if encoder_states is None else {"encoder_outputs": (encoder_states,)}
+    out = model(attention_mask=source_mask, decoder_input_ids=decoder_ids, decoder_attention_mask=decoder_mask,
+                use_cache=False, **source)
     mask = target_mask[:, 1:]
     rows = mask.nonzero(as_tuple=True)[0]
     # Normalize only the target positions: N x V instead of B x L x V.

@@ -155,7 +155,7 @@ def train_worker(loop_config: dict) -> None:
     while step < total:
         for batch in loader:
             n_tokens = batch_tokens(batch)
-            loss, metrics = step_fn(strategy.module, _to(batch, strategy.device), cfg)
+            loss, metrics = step_fn(strategy.model, _to(batch, strategy.device), cfg)
             strategy.backward(loss)
             boundary = strategy.step(lr_at(step, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power))
             micro, tokens, samples = micro + 1, tokens + n_tokens, samples + len(batch["keys"])

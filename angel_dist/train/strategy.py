@@ -120,8 +120,14 @@ class DeepSpeedStrategy:
                                           _shared_memory_all_reduce())
 
     @property
-    def module(self) -> torch.nn.Module:
-        return self.engine.module
+    def model(self):
+        """What the step's forward passes call: the engine, which runs the model and stands in for it
+        (attributes such as `get_encoder` reach the model). Its forward registers the hooks that
+        begin DeepSpeed's backward: ZeRO-3 tells its optimizer there whether this micro-batch ends
+        a gradient-accumulation step (calling the bare model, it accumulated wrongly), and the
+        timers of `wall_clock_breakdown` start there. DPO's encoder pass, shared by chosen and
+        rejected rows, runs before that call (through `get_encoder`), outside those timers."""
+        return self.engine
 
     @property
     def device(self) -> torch.device:
