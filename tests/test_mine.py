@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -14,7 +15,8 @@ from angel_dist.evaluate import EvalConfig, accuracy, evaluate
 from angel_dist.kb.build import KbBuildConfig, build_kb
 from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine import MineConfig, mine
-from angel_dist.mine.work import FAULT_ENV
+from angel_dist.corpus.similarity import CharTfidf
+from angel_dist.mine.work import FAULT_ENV, GoldNames
 from angel_dist.model import load_model, score
 from angel_dist.pairs import Beam, preferences
 from angel_dist.shards.reader import ReaderConfig, ShardLoader, collate, iter_shard, open_shard_sets
@@ -142,6 +144,31 @@ def test_gold_fallback_pairs_mentions_without_a_correct_beam(setup, mined, predi
     for p in fallback:
         assert set(p["chosen_cuis"]) == set(p["cuis"]) and p["rejected"] in names
     assert manifest["total"] == len(fallback) + mined[1]["total"]
+
+
+def test_gold_names_lists_each_concepts_names_in_table_order_and_picks_the_most_similar():
+    names = ["heart attack", "myocardial infarction", "cardiac arrest", "MI", "cardiac arrest, sudden"]
+    cuis = [["C1"], ["C2", "C1"], ["C2"], ["C1"], ["C2"]]
+    table = pa.concat_tables([pa.table({"name": names[:2], "cuis": cuis[:2]}),
+                              pa.table({"name": names[2:], "cuis": cuis[2:]})])  # two chunks
+    gold = GoldNames(table)
+    assert gold.names_of("C1") == ["heart attack", "myocardial infarction", "MI"]
+    assert gold.names_of("C2") == ["myocardial infarction", "cardiac arrest", "cardiac arrest, sudden"]
+    assert gold.names_of("C0") == gold.names_of("C3") == []
+    assert gold.most_similar("myocardial infarct", ["C2"]) == "myocardial infarction"
+    assert gold.most_similar("sudden cardiac arrest", ["C1", "C2"]) == "cardiac arrest, sudden"
+    assert gold.most_similar("anything", ["C9"]) is None
+
+
+def test_idf_of_an_arrow_array_equals_that_of_its_list(monkeypatch):
+    import angel_dist.corpus.similarity as similarity
+
+    names = [f"name {i} of {'abc'[i % 3]}" for i in range(11)]
+    unsampled = CharTfidf.fit(names).idf
+    monkeypatch.setattr(similarity, "FIT_SAMPLE", 4)  # the strided sample is taken alike
+    sampled = CharTfidf.fit(names).idf
+    assert not np.array_equal(sampled, unsampled)
+    assert np.array_equal(CharTfidf.fit(pa.array(names)).idf, sampled)
 
 
 def test_evaluation_summary_and_records(predictions):

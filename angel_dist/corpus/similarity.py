@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
@@ -29,10 +30,13 @@ class CharTfidf:
     idf: np.ndarray  # float32 [N_FEATURES]
 
     @classmethod
-    def fit(cls, names: list[str]) -> "CharTfidf":
-        """IDF as scikit-learn's smooth formula; over at most FIT_SAMPLE names taken at a fixed stride."""
+    def fit(cls, names: list[str] | pa.Array) -> "CharTfidf":
+        """IDF as scikit-learn's smooth formula; over at most FIT_SAMPLE names taken at a fixed stride
+        (of an Arrow array, only those are made Python strings)."""
         if len(names) > FIT_SAMPLE:
             names = names[:: -(-len(names) // FIT_SAMPLE)]
+        if isinstance(names, pa.Array):
+            names = names.to_pylist()
         counts = _vectorizer().transform(names)
         df = np.bincount(counts.indices, minlength=N_FEATURES).astype(np.float64)
         idf = np.log((1.0 + len(names)) / (1.0 + df)) + 1.0
