@@ -160,7 +160,7 @@ def test_gold_names_lists_each_concepts_names_in_table_order_and_picks_the_most_
     assert gold.most_similar("anything", ["C9"]) is None
 
 
-def test_idf_of_an_arrow_array_equals_that_of_its_list(monkeypatch):
+def test_idf_of_arrow_arrays_equals_that_of_their_list(monkeypatch):
     import angel_dist.corpus.similarity as similarity
 
     names = [f"name {i} of {'abc'[i % 3]}" for i in range(11)]
@@ -169,6 +169,7 @@ def test_idf_of_an_arrow_array_equals_that_of_its_list(monkeypatch):
     sampled = CharTfidf.fit(names).idf
     assert not np.array_equal(sampled, unsampled)
     assert np.array_equal(CharTfidf.fit(pa.array(names)).idf, sampled)
+    assert np.array_equal(CharTfidf.fit(pa.chunked_array([names[:5], names[5:]])).idf, sampled)
 
 
 def test_evaluation_summary_and_records(predictions):

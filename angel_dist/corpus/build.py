@@ -113,7 +113,7 @@ def build_pretrain_corpus(kb_path: str | Path, tokenizer_dir: str, out: str | Pa
     pending = prepare(plan, overwrite)
     idf = None
     if pending and config.mention_scheme == "most_sim":
-        idf = CharTfidf.fit(pa.compute.list_flatten(table["names"]).to_pylist()).idf
+        idf = CharTfidf.fit(pa.compute.list_flatten(table["names"])).idf
     parts = _partition(table["cui"].to_pylist(), n_shards) if pending else {}
     result = run_shard_tasks(_kb_shard_task, pending,
                              common=(table, str(plan.out), plan.config_hash, str(tokenizer_dir), settings, idf),
@@ -138,7 +138,7 @@ def build_mention_corpus(pubtator: str | Path, kb_path: str | Path, tokenizer_di
     table = read_kb(kb_path, ["cui", "names", "alt_ids"])
     tokenizer = load_tokenizer(tokenizer_dir)
     policy = BadInputPolicy(on_bad_input)
-    tfidf = CharTfidf.fit(pa.compute.list_flatten(table["names"]).to_pylist())
+    tfidf = CharTfidf.fit(pa.compute.list_flatten(table["names"]))
     examples, counts = mention_examples(read_pubtator(pubtator, policy), KbIndex(table), tfidf, config)
     counts["bad_input_skipped"] = policy.total_skipped
     policy.report()

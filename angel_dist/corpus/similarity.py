@@ -30,12 +30,12 @@ class CharTfidf:
     idf: np.ndarray  # float32 [N_FEATURES]
 
     @classmethod
-    def fit(cls, names: list[str] | pa.Array) -> "CharTfidf":
+    def fit(cls, names: list[str] | pa.Array | pa.ChunkedArray) -> "CharTfidf":
         """IDF as scikit-learn's smooth formula; over at most FIT_SAMPLE names taken at a fixed stride
         (of an Arrow array, only those are made Python strings)."""
         if len(names) > FIT_SAMPLE:
             names = names[:: -(-len(names) // FIT_SAMPLE)]
-        if isinstance(names, pa.Array):
+        if isinstance(names, (pa.Array, pa.ChunkedArray)):
             names = names.to_pylist()
         counts = _vectorizer().transform(names)
         df = np.bincount(counts.indices, minlength=N_FEATURES).astype(np.float64)
