@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.evaluate import EvalConfig, accuracy, evaluate
 from angel_dist.kb.build import KbBuildConfig, build_kb
 from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine import MineConfig, mine
-from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.mine.work import FAULT_ENV, GoldNames
 from angel_dist.model import load_model, score
 from angel_dist.pairs import Beam, preferences

@@ -80,14 +80,13 @@ class GoldNames:
         cuis = names_table["cuis"].combine_chunks()
         concepts, rows = pc.list_flatten(cuis), pc.list_parent_indices(cuis)
         order = pc.sort_indices(concepts)  # stable: a concept's names keep the table's order
-        self._concepts = concepts.take(order)
+        self._concepts = _ArrowStrings(concepts.take(order))
         self._rows = rows.take(order).to_numpy()
         self._names = names_table["name"].combine_chunks()
         self.tfidf = CharTfidf.fit(self._names)
 
     def names_of(self, cui: str) -> list[str]:
-        keys = _ArrowStrings(self._concepts)
-        rows = self._rows[bisect_left(keys, cui):bisect_right(keys, cui)]
+        rows = self._rows[bisect_left(self._concepts, cui):bisect_right(self._concepts, cui)]
         return self._names.take(rows).to_pylist()
 
     def most_similar(self, mention: str, gold: list[str]) -> str | None:
