@@ -45,7 +45,9 @@ def assemble_kb(names: pa.Table, attributes: pa.Table | None = None) -> tuple[pa
     normalized = normalize_names(names["name"])
     nonempty = pc.fill_null(pc.greater(pc.utf8_length(normalized), 0), False)
     long = pa.table({"cui": names["cui"], "name": normalized}).filter(nonempty)
-    all_cuis = pc.unique(names["cui"])
+    # A concept may appear only among the attributes (a term whose names were all empty or absent).
+    ids = [names["cui"]] + ([attributes["cui"]] if attributes is not None else [])
+    all_cuis = pc.unique(pa.chunked_array([c for col in ids for c in pa.chunked_array(col).chunks], pa.string()))
     # Without threads, group_by keeps first-appearance order: this deduplicates within a
     # concept keeping the first (preferred) occurrence, then gathers names per concept.
     pairs = long.group_by(["cui", "name"], use_threads=False).aggregate([])
@@ -98,8 +100,15 @@ def _hash_strings(h, values: pa.ChunkedArray | pa.Array) -> None:
             h.update(memoryview(chunk.buffers()[2])[offsets[0]: offsets[-1]])
 
 
+def check_file_out(path: str | Path) -> None:
+    """Refuse an output path that is a directory before any work is done."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: is a directory; expected the path of a file to write (e.g. kb.parquet)")
+
+
 def write_kb(table: pa.Table, path: str | Path, info: dict) -> dict:
     """Write the KB table atomically; returns the metadata written (with the fingerprint)."""
+    check_file_out(path)
     table = table.cast(SCHEMA)
     meta = dict(info, schema_version=SCHEMA_VERSION, fingerprint=fingerprint(table),
                 concepts=table.num_rows, names=int(pc.sum(pc.list_value_length(table["names"])).as_py() or 0))
