@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 from tqdm import tqdm
 
-from angel_dist.errors import BadInputPolicy
+from angel_dist.errors import BadInputError, BadInputPolicy
 
 BLOCK_BYTES = 64 << 20
 
@@ -37,7 +37,12 @@ def _blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes]]:
     carry = b""
     with pa.input_stream(str(path)) as stream:  # decompresses .gz by extension
         while True:
-            chunk = stream.read(block_bytes)
+            try:
+                chunk = stream.read(block_bytes)
+            except OSError as e:  # the decompressor's message names neither the file nor where
+                read = lines_before + carry.count(b"\n")
+                raise BadInputError(str(path), None, f"corrupt or truncated compressed data after line {read}: "
+                                                     f"{e}") from None
             if not chunk:
                 break
             data = carry + chunk

@@ -129,6 +129,9 @@ def read_umls(meta_dir: str | Path, config: UmlsConfig, policy: BadInputPolicy,
         "config": {"languages": list(config.languages), "seeds": list(config.seeds),
                    "seed_tree_numbers": seed_stns, "sources": list(config.sources),
                    "drop_suppressed": config.drop_suppressed},
+        # Named by the empty-KB error: an empty MRCONSO or MRSTY selects nothing.
+        "empty_files": [str(paths[name]) for name, rows in (("MRCONSO.RRF", row_base), ("MRSTY.RRF", sty.num_rows))
+                        if rows == 0],
         "counts": {"mrconso_rows": row_base, "mrsty_rows": sty.num_rows,
                    "concepts_type_selected": len(typed_cuis), "concepts_selected": len(sourced),
                    "strings_selected": strings.num_rows, "definition_rows_kept": n_definitions},
@@ -192,7 +195,7 @@ def _lists(table: pa.Table) -> pa.Table:
 
 def _merge(left: pa.Table, right: pa.Table) -> pa.Table:
     """Outer-merge two one-row-per-cui tables of list columns."""
-    cuis = pc.unique(pa.chunked_array([left["cui"], right["cui"]]))
+    cuis = pc.unique(pa.chunked_array(left["cui"].chunks + right["cui"].chunks, pa.string()))
     columns = {"cui": cuis}
     for table in (left, right):
         taken = table.take(pc.index_in(cuis, value_set=table["cui"]))
