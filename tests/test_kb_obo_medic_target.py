@@ -2,6 +2,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -250,3 +251,11 @@ def test_kb_build_refuses_empty_results_and_a_directory_out(tmp_path):
         build_kb(KbBuildConfig(format="medic", source=str(medic), out=str(out)), progress=False)
     with pytest.raises(ValueError, match=f"{tmp_path}: is a directory; expected the path of a file"):
         build_kb(KbBuildConfig(format="medic", source=str(medic), out=str(tmp_path)), progress=False)
+
+
+def test_names_keep_the_order_they_are_read_in():
+    # Arrow's group_by reordered these (c, f, e) although it ran without threads.
+    names = pa.table({"cui": ["C3", "C3", "C3", "C1", "C3", "C1"], "name": ["c", "e", "f", "x", "E", "y"]})
+    table, counts = assemble_kb(names, pa.table({"cui": ["C1", "C2", "C3"]}))
+    assert table["cui"].to_pylist() == ["C3", "C1"] and table["names"].to_pylist() == [["c", "e", "f"], ["x", "y"]]
+    assert counts["concepts_without_names"] == 1

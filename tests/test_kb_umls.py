@@ -201,3 +201,19 @@ def test_corrupt_gzip_names_the_file(tmp_path, damage):
     (meta / "MRCONSO.RRF.gz").write_bytes(broken)
     with pytest.raises(BadInputError, match=r"MRCONSO.RRF.gz: corrupt or truncated compressed data after line \d+"):
         build(tmp_path, meta)
+
+
+def test_a_malformed_row_with_undecodable_bytes_is_named_and_skippable(tmp_path):
+    # pyarrow cannot pass such a row to its invalid-row handler; the reader finds it itself.
+    path = tmp_path / "T.RRF"
+    path.write_bytes(b"C1|a|\nC2|b\xff|extra|\nC3|c\r|\nC4|d|\n")
+    with pytest.raises(BadInputError, match=r"T.RRF:2: expected 3 '\|'-separated fields .* found 4"):
+        list(read_rrf(path, ["A", "B"], ["A", "B"], BadInputPolicy(), progress=False))
+    policy = BadInputPolicy("skip")
+    tables = list(read_rrf(path, ["A", "B"], ["A", "B"], policy, progress=False))
+    assert [e.split(": ")[0] for e in policy.examples] == [f"{path}:2", f"{path}:3"]
+    assert [row["A"] for t in tables for row in t.to_pylist()] == ["C1", "C4"]
+    path.write_bytes(b"only\xff|bad|rows|\n")
+    policy = BadInputPolicy("skip")
+    assert sum(t.num_rows for t in read_rrf(path, ["A", "B"], ["A", "B"], policy, progress=False)) == 0
+    assert policy.total_skipped == 1

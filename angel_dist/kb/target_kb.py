@@ -29,21 +29,22 @@ def read_target_kb(path: str | Path, policy: BadInputPolicy) -> tuple[pa.Table, 
         raise BadInputError(str(path), None, "JSON nested too deeply; expected an object of lists of names") from None
     if not isinstance(data, _Pairs):
         raise BadInputError(str(path), None, "expected a JSON object mapping concept ids to lists of names")
-    cuis, names, concepts = [], [], {}
+    cuis, names, concepts, seen = [], [], [], set()
     for cui, values in data:
-        if not cui.strip():
-            policy.bad(str(path), None, f"concept id {cui!r}: expected a non-empty id")
-        elif cui in concepts:
+        if cui in seen:
             policy.bad(str(path), None, f"concept {cui!r} appears more than once")
+        elif not cui.strip():
+            policy.bad(str(path), None, f"concept id {cui!r}: expected a non-empty id")
         elif type(values) is not list or not all(isinstance(v, str) for v in values):
             policy.bad(str(path), None, f"concept {cui!r}: expected a list of names (strings)")
         else:
-            concepts[cui] = None
+            concepts.append(cui)
             cuis.extend([cui] * len(values))
             names.extend(values)
+        seen.add(cui)
     info = {"format": "target-kb", "counts": {"concepts_read": len(data)}}
     return (pa.table({"cui": pa.array(cuis, pa.string()), "name": pa.array(names, pa.string())}),
-            pa.table({"cui": pa.array(list(concepts), pa.string()),
+            pa.table({"cui": pa.array(concepts, pa.string()),
                       "sources": pa.array([["target_kb"]] * len(concepts), pa.list_(pa.string()))}),
             info)
 

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.kb.rrf import find_rrf, read_rrf
+from angel_dist.kb.table import distinct_lists
 
 ST21PV_SEEDS = ("T005", "T007", "T017", "T022", "T031", "T033", "T037", "T038", "T058", "T062",
                 "T074", "T082", "T091", "T092", "T097", "T098", "T103", "T168", "T170", "T201", "T204")
@@ -189,8 +190,8 @@ def _concat(tables, names, types=None) -> pa.Table:
 def _lists(table: pa.Table) -> pa.Table:
     """(cui, value) rows to one row per cui with the distinct values in first-seen order."""
     cui, value = table.column_names
-    distinct = table.group_by([cui, value], use_threads=False).aggregate([])
-    return distinct.group_by(cui, use_threads=False).aggregate([(value, "list")]).rename_columns([cui, value])
+    keys, lists = distinct_lists(table[cui], table[value])
+    return pa.table({cui: keys, value: lists})
 
 
 def _merge(left: pa.Table, right: pa.Table) -> pa.Table:
