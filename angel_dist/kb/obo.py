@@ -4,6 +4,12 @@ Each non-obsolete [Term] gives a concept: its `name` first, then its synonyms of
 scopes, in file order; `def` as definition; `alt_id`s as alternative ids; `xref` ids; the
 `namespace` as type; the id prefix (HP, DOID) as source. OBO files are at most a few hundred
 MB, so this is a line-by-line Python parser.
+
+Bad input, named by line: a clause that cannot be read (skip mode drops the line), among them
+quoted text followed by anything but its scope, `[dbxrefs]`, `{modifiers}` and a `! comment`
+(so a missing or unescaped quote never yields a truncated definition); an unknown stanza; a
+term that cannot be trusted (two `id:` or `name:` lines, an id defined before, no id), which
+skip mode drops whole.
 """
 
 from __future__ import annotations
@@ -143,11 +149,9 @@ def read_obo(path: str | Path, config: OboConfig, policy: BadInputPolicy) -> tup
                 continue
             try:
                 _apply(term, tag.strip(), value.strip(), config, counts, ids, number)
-            except _Malformed as e:
+            except (_Malformed, _BadTerm) as e:
                 policy.bad(str(path), number, f"{tag.strip()}: {e}")
-            except _BadTerm as e:
-                policy.bad(str(path), number, f"{tag.strip()}: {e}")
-                term.rejected = True
+                term.rejected = isinstance(e, _BadTerm)
 
     names_cui, names, attributes = [], [], {k: [] for k in ("cui", "definitions", "types", "sources",
                                                            "alt_ids", "xrefs")}
