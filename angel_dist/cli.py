@@ -20,7 +20,7 @@ def _kb_build(args) -> None:
     umls = UmlsConfig(drop_suppressed=args.drop_suppressed,
                       **{k: getattr(args, k) for k in ("languages", "seeds", "sources") if getattr(args, k)})
     config = KbBuildConfig(format=args.format, source=args.source, out=args.out, on_bad_input=args.on_bad_input,
-                           umls=umls, synonym_scopes=args.synonym_scopes)
+                           umls=umls, synonym_scopes=args.synonym_scopes, allow_empty=args.allow_empty)
     meta, policy = build_kb(config, progress=not args.quiet)
     policy.report()
     counts = meta["counts"]
@@ -90,7 +90,8 @@ def _corpus_mentions(args) -> None:
                                   syn_k=None if args.eval_only else args.syn_k)
     manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
                                     max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
-                                    workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+                                    workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+                                    allow_empty=args.allow_empty)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"wrote {args.out}: {manifest['total']} examples in {manifest['n_shards']} shards; {counts}")
 
@@ -121,6 +122,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="KB table to write (.parquet)")
     b.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="stop at the first malformed line (default) or skip, count and report")
+    b.add_argument("--allow-empty", action="store_true",
+                   help="write a KB without concepts instead of stopping (e.g. when every line was skipped)")
     b.add_argument("--languages", type=_csv, help="umls: MRCONSO LAT values to keep (default ENG)")
     b.add_argument("--seeds", type=_csv, help="umls: seed semantic types, TUIs or tree numbers (default ST21pv)")
     b.add_argument("--sources", type=_csv, help="umls: source vocabularies (SAB) a concept needs a string from")
@@ -172,7 +175,10 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--syn-k", type=int, default=3, help="training rows per mention: its k most similar gold names")
     target.add_argument("--eval-only", action="store_true", help="one row per mention, no target")
     cm.add_argument("--context", choices=("sentence", "document"), default="sentence")
-    cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error")
+    cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                    help="stop at the first malformed line (default) or skip, count and report")
+    cm.add_argument("--allow-empty", action="store_true",
+                    help="write a shard set without examples instead of stopping")
     cm.set_defaults(run=_corpus_mentions)
     ci = corpus.add_parser("inspect", help="manifest summary and a few decoded samples")
     ci.add_argument("shards_dir")

@@ -43,3 +43,29 @@ def test_cli_bad_input_exit_code_and_message(tmp_path, capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "angel_dist.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "kb" in out.stdout and "trie" in out.stdout
+
+
+def test_cli_empty_inputs_stop_unless_allowed_and_out_may_not_be_a_directory(tmp_path, capsys):
+    medic = tmp_path / "medic.txt"
+    medic.write_text("D1||Fever|Pyrexia\nD2||Heart failure\n")
+    kb = tmp_path / "kb.parquet"
+    assert main(["kb", "build", "--format", "medic", str(medic), "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a directory" in capsys.readouterr().err
+    assert main(["kb", "build", "--format", "medic", str(medic), "--out", str(kb)]) == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert main(["kb", "build", "--format", "medic", str(empty), "--out", str(tmp_path / "e.parquet")]) == 2
+    assert "empty.txt: no concepts read" in capsys.readouterr().err and not (tmp_path / "e.parquet").exists()
+    assert main(["kb", "build", "--format", "medic", str(empty), "--out", str(tmp_path / "e.parquet"),
+                 "--allow-empty"]) == 0
+    assert "0 concepts" in capsys.readouterr().out
+    assert main(["tokenizer", "train", str(kb), "--vocab-size", "280", "--min-frequency", "1",
+                 "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    pubtator = tmp_path / "split.txt"
+    pubtator.write_text("1|t|Fever.\n1\t0\t5\tFever\tChemical\tD1\n")
+    out = tmp_path / "shards"
+    assert main(["corpus", "mentions", "--pubtator", str(pubtator), "--kb", str(kb), "--tokenizer",
+                 str(tmp_path / "tok"), "--out", str(out), "--entity-type", "Disease", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "split.txt: no examples (" in err and "other_entity_type 1" in err and "--allow-empty" in err
+    assert not out.exists()

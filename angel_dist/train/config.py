@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Literal
 
 from angel_dist.objectives import DPO_LOSSES
+from angel_dist.typed import (ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
+                              check_fields)
 
 OBJECTIVES = ("nll", "dpo")
 SCHEDULES = ("linear", "polynomial", "constant")
@@ -12,49 +15,42 @@ SCHEDULES = ("linear", "polynomial", "constant")
 
 @dataclass
 class TrainConfig:
-    objective: str = "nll"
+    objective: Literal[OBJECTIVES] = "nll"
     data: list[str] = field(default_factory=list)  # shard set directories (examples for nll, pairs for dpo)
     model: str = "tiny"  # a preset, a model directory or a cached HF name
     tokenizer: str = ""
     ds_config: str = "ds_configs/zero2.json"
     out: str = "runs/train"
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    batch_size: int = 8  # per rank and micro-batch
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; default: epochs over the data
-    lr: float = 3e-5
-    weight_decay: float = 0.01
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    poly_power: float = 1.0
-    clip: float = 1.0
-    label_smoothing: float = 0.1
-    beta: float = 0.1
-    dpo_loss: str = "sigmoid"
-    seed: int = 0
-    shuffle_buffer: int = 4096
+    workers: PositiveInt = 1
+    gpus_per_worker: NonNegativeFloat = 0.0
+    cpus_per_worker: PositiveFloat = 1.0
+    batch_size: PositiveInt = 8  # per rank and micro-batch
+    grad_accum: PositiveInt = 1
+    epochs: PositiveFloat = 1.0
+    max_steps: PositiveInt | None = None  # optimizer steps; default: epochs over the data
+    lr: PositiveFloat = 3e-5
+    weight_decay: NonNegativeFloat = 0.01
+    schedule: Literal[SCHEDULES] = "linear"
+    warmup_steps: NonNegativeInt = 0
+    poly_power: PositiveFloat = 1.0
+    clip: NonNegativeFloat = 1.0  # 0: no clipping (DeepSpeed's gradient_clipping)
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    beta: PositiveFloat = 0.1
+    dpo_loss: Literal[DPO_LOSSES] = "sigmoid"
+    seed: NonNegativeInt = 0
+    shuffle_buffer: PositiveInt = 4096
     bucket: bool = True
-    loader_workers: int = 1
-    save_every: int = 100
-    keep_last: int = 3
-    log_every: int = 10
-    max_failures: int = 0
+    loader_workers: NonNegativeInt = 1
+    save_every: PositiveInt = 100
+    keep_last: NonNegativeInt = 3  # 0: keep every checkpoint
+    log_every: PositiveInt = 10
+    max_failures: Annotated[int, Range(ge=-1)] = 0  # Ray Train's: -1 retries forever
     progress: bool = True
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.dpo_loss not in DPO_LOSSES:
-            raise ValueError(f"dpo_loss must be one of {DPO_LOSSES}, got {self.dpo_loss!r}")
+        check_fields(self)
         if not self.data:
-            raise ValueError("data: give at least one shard set directory")
-        if self.workers < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("workers, batch_size and grad_accum must be >= 1")
+            raise ConfigError("data", "give at least one shard set directory")
 
     def to_dict(self) -> dict:
         return asdict(self)
