@@ -65,6 +65,8 @@ def weights_only_loads() -> Iterator[None]:
         with torch.serialization.safe_globals(allowed):
             try:
                 return real(f, map_location, pickle_module, weights_only=True, **kwargs)
+            except (torch.OutOfMemoryError, MemoryError):
+                raise
             except Exception as e:  # whatever the bytes made of the unpickler, the file is at fault
                 raise BadInputError(_name(f), None, f"not a checkpoint file that loads without running code from "
                                                     f"it ({type(e).__name__}: {_reason(e)})") from e
