@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.atomic import atomic_path
+from angel_dist.errors import read_json
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer
 from angel_dist.train import checkpoint as ckpt
@@ -16,15 +17,19 @@ from angel_dist.train import checkpoint as ckpt
 def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from angel_dist.train.safe_load import weights_only_loads
+
     run = Path(run_dir)
     root = run / "checkpoints"
     tag = tag or ckpt.latest_tag(root)
     if tag is None:
         raise FileNotFoundError(f"{run}: no checkpoint to export")
-    config = json.loads((run / "train_config.json").read_text())
+    config = read_json(run / "train_config.json", "the training configuration")
     tokenizer = load_tokenizer(config["tokenizer"])
     model = load_model(config["model"], tokenizer)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    ckpt.verified_meta(root, tag)
+    with weights_only_loads():
+        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
     if set(missing) - tied or unexpected:

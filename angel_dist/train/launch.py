@@ -14,9 +14,10 @@ from angel_dist.train.config import TrainConfig
 def run_training(cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out` on the Ray cluster of RAY_ADDRESS, or a local one."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from angel_dist.train.loop import FAULT_ENV, train_worker
+    from angel_dist.train.rendezvous import BoundRendezvousConfig
 
     run = Path(cfg.out).resolve()
     cfg.out = str(run)
@@ -35,7 +36,20 @@ def run_training(cfg: TrainConfig) -> Path:
         train_worker, train_loop_config={"config": json.loads(json.dumps(cfg.to_dict())),
                                          "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        torch_config=BoundRendezvousConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(name="ray", storage_path=str(run), failure_config=FailureConfig(max_failures=cfg.max_failures)))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:
+        _raise_bad_input(e)
+        raise
     return run
+
+
+def _raise_bad_input(error: Exception) -> None:
+    """A rank's BadInputError (a checkpoint file refused) as itself, not inside Ray Train's error."""
+    from angel_dist.errors import BadInputError
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        if isinstance(failure, BadInputError):
+            raise failure from error

@@ -59,20 +59,24 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
         crash_once(run / f".fault-injected-{r}-{s}", f"{FAULT_ENV}: rank {rank} crashes after step {step}", 13)
 
 
-def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None]:
-    """(tag, tag to load): the latest checkpoint, converted to universal on a world-size change."""
+def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None, dict]:
+    """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
+    recorded checksums by rank 0, converted to universal on a world-size change."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)
     if tag is None:
-        return None, None
+        return None, None, {}
+    if rank == 0:
+        ckpt.verified_meta(root, tag)
+    dist.barrier()
     meta = ckpt.read_meta(root, tag)
     changed = {k: (meta["config"].get(k), getattr(cfg, k)) for k in _FIXED if meta["config"].get(k) != getattr(cfg, k)}
     if changed:
         raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
                          f"use another --out to start a new run")
     if meta["world_size"] == world:
-        return tag, tag
+        return tag, tag, meta
     if rank == 0:
         from angel_dist.train.strategy import to_universal
 
@@ -80,7 +84,7 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
               f"converting it to a universal checkpoint", flush=True)
         to_universal(root, tag)
     dist.barrier()
-    return tag, f"{tag}.universal"
+    return tag, f"{tag}.universal", meta
 
 
 def train_worker(loop_config: dict) -> None:
@@ -119,15 +123,15 @@ def train_worker(loop_config: dict) -> None:
     steps_per_epoch = max(len(loader) // cfg.grad_accum, 1)
     total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
 
-    tag, load = _resume_plan(root, world, rank, cfg)
+    tag, load, meta = _resume_plan(root, world, rank, cfg)
     strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
                                                   cfg.weight_decay, on_gpu, universal=load != tag))
     step = 0
     torch.manual_seed(cfg.seed * 1000 + rank)
     if tag is not None:
-        client = strategy.load(root, load)
-        step = client["step"]
-        loader.load_state_dict(client["reader"])
+        strategy.load(root, load)
+        step = meta["step"]
+        loader.load_state_dict(meta["reader"])
         if load == tag:
             ckpt.load_rng(root / tag, rank)
     step_fn = dpo_step if cfg.objective == "dpo" else nll_step
@@ -135,13 +139,12 @@ def train_worker(loop_config: dict) -> None:
     def save(at: int) -> None:
         tmp = f"{ckpt.tag_of(at)}.tmp"
         dist.barrier()
-        strategy.save(root, tmp, {"step": at, "reader": loader.state_dict()})
+        strategy.save(root, tmp)
         ckpt.save_rng(root / tmp, rank)
         dist.barrier()
         if rank == 0:
-            ckpt.write_meta(root / tmp, {"step": at, "world_size": world, "config": cfg.to_dict(),
-                                         "reader": loader.state_dict()})
-            ckpt.publish(root, tmp, ckpt.tag_of(at), cfg.keep_last)
+            ckpt.publish(root, tmp, ckpt.tag_of(at), {"step": at, "world_size": world, "config": cfg.to_dict(),
+                                                      "reader": loader.state_dict()}, cfg.keep_last)
         dist.barrier()
 
     log = MetricsLog(run, step) if rank == 0 else None

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path
+from angel_dist.errors import BadInputError
+
+
+def _logged(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) per logged line. A last line that does not parse is what a crash or power
+    loss mid-append leaves (part of a line, or zeros): dropped with a warning; its step is redone."""
+    lines = [(n, raw) for n, raw in enumerate(path.read_bytes().split(b"\n"), 1) if raw.strip()] if path.exists() else []
+    out = []
+    for n, raw in lines:
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"found {type(record).__name__}")
+            out.append((raw.decode("utf-8"), record))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if n < lines[-1][0]:
+                raise BadInputError(path, n, f"expected one JSON object per line: {e}") from None
+            warnings.warn(f"{path}:{n}: dropped the last line, torn by an interrupted write: {raw[:80]!r}")
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The logged records of a training run, oldest first ([] before the first log)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [record for _, record in _logged(Path(run_dir) / "metrics.jsonl")]
 
 
 class MetricsLog:
@@ -19,8 +39,7 @@ class MetricsLog:
         self.path = Path(run_dir) / "metrics.jsonl"
         if self.path.exists():
             # Steps after the checkpoint we resume from are about to be redone.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+            kept = [line for line, record in _logged(self.path) if record.get("step", 0) <= resumed_step]
             with atomic_path(self.path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept))
         self.tb = None
@@ -33,6 +52,8 @@ class MetricsLog:
         record = {"step": step, **{k: float(v) for k, v in values.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # lines up to a durable checkpoint must survive a power loss with it
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(f"train/{k}", float(v), step)
