@@ -28,8 +28,10 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
     _stay_on_loopback()
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    # address="local": without it ray.init joins any cluster `ray start` left on this machine
+    # (another user's, or a test's head) instead of starting this process's own.
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     address = ray.util.get_node_ip_address()
     if address != "127.0.0.1":
         ray.shutdown()
