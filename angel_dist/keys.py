@@ -15,6 +15,15 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_:\-]")
 _KEY_PART_MAX = 60
 
 
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def stable_hash64(text: str, seed: int = 0) -> int:
     digest = hashlib.blake2b(f"{seed}\x00{text}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")

@@ -6,7 +6,6 @@ examples of a concept share a shard) or the mention (its SYN-k rows share a shar
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from angel_dist.corpus.pubtator import read_pubtator
 from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.errors import BadInputPolicy
 from angel_dist.kb.table import read_kb, read_kb_meta
-from angel_dist.keys import shard_of
+from angel_dist.keys import file_sha256, shard_of
 from angel_dist.shards.distributed import run_shard_tasks
 from angel_dist.shards.format import sample_members
 from angel_dist.shards.writer import ShardSetPlan, finish, prepare, write_shard
@@ -58,14 +57,6 @@ def _write_examples(out: str, index: int, config_hash: str, examples: Iterable[E
             yield sample_members(encoded), len(encoded.source_ids)
 
     return write_shard(out, index, config_hash, samples(), stats)
-
-
-def _file_sha256(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _partition(groups: list[str], n_shards: int) -> dict[int, np.ndarray]:
@@ -143,7 +134,7 @@ def build_mention_corpus(pubtator: str | Path, kb_path: str | Path, tokenizer_di
     counts["bad_input_skipped"] = policy.total_skipped
     policy.report()
     settings = {**asdict(config), "shards": shards, "max_source_tokens": max_source_tokens, "kind": "mention",
-                "pubtator": Path(pubtator).name, "pubtator_sha256": _file_sha256(pubtator)}
+                "pubtator": Path(pubtator).name, "pubtator_sha256": file_sha256(pubtator)}
     plan = ShardSetPlan(Path(out), "examples", shards, settings,
                         {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                          "kb_fingerprint": kb_meta["fingerprint"]})
