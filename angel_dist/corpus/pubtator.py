@@ -100,3 +100,10 @@ def read_pubtator(path: str | Path, policy: BadInputPolicy | None = None) -> Ite
             pending.append(Mention(start, end, fields[3], fields[4], fields[5], lineno))
     if doc is not None:
         yield finish()
+
+
+def format_pubtator(doc: Document) -> str:
+    """One document as PubTator lines (title, abstract, a line per mention), blank-line terminated."""
+    lines = [f"{doc.pmid}|t|{doc.title}", f"{doc.pmid}|a|{doc.abstract}"]
+    lines += [f"{doc.pmid}\t{m.start}\t{m.end}\t{m.text}\t{m.type}\t{m.ids}" for m in doc.mentions]
+    return "\n".join(lines) + "\n\n"
