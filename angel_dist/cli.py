@@ -363,10 +363,13 @@ def _texts(args) -> list[str]:
     files = [args.input] if args.input else []
     if "-" in args.text or (not texts and not files and not sys.stdin.isatty()):
         files.append("-")
-    for name in files:
-        lines = sys.stdin if name == "-" else open(name, encoding="utf-8")
-        with lines:
-            texts += [line.strip() for line in lines if line.strip()]
+    for name in dict.fromkeys(files):
+        if name == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(name, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        texts += [line.strip() for line in lines if line.strip()]
     if not texts:
         raise ValueError("no text to link: give texts, --input FILE or pipe them to stdin")
     return texts

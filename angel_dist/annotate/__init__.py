@@ -84,15 +84,15 @@ def annotate(cfg: AnnotateConfig) -> dict:
     policy.report()
     mentions = sum(len(d.mentions) for d in documents)
     n_shards = cfg.shards or max(1, math.ceil(mentions / MENTIONS_PER_SHARD))
+    inputs = {key: files[key] for key in ("context", "max_source_tokens") if key in files}  # a bundle's
     settings = {"input_sha256": file_sha256(cfg.input), "format": cfg.format, "shards": n_shards, "k": cfg.k,
                 "beams": cfg.beams, "model_fingerprint": model_fingerprint(files["model_dir"]),
-                "trie_kb": trie.meta.get("kb_fingerprint"), "on_bad_input": cfg.on_bad_input,
-                **{key: files[key] for key in ("context", "max_source_tokens") if key in files}}
+                "trie_kb": trie.meta.get("kb_fingerprint"), "on_bad_input": cfg.on_bad_input, **inputs}
     out, parts = Path(cfg.out), Path(cfg.out) / "parts"
     pending = prepare_parts(parts, settings, n_shards, cfg.overwrite)
     shards = _split(documents, n_shards)
     spec = {**linker_spec(Path(files["model_dir"]), files["trie_dir"], cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
-            **{key: files[key] for key in ("context", "max_source_tokens") if key in files}}
+            **inputs}
     jobs = [(i, shards[i], str(parts), config_hash(settings), cfg.k) for i in pending]
     run_pool("annotate", jobs, spec, MineSettings(), cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor,
              fault=os.environ.get(FAULT_ENV) or None, fault_dir=str(parts),

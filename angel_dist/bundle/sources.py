@@ -68,7 +68,11 @@ def training_contents(run_dir: str | Path, trie: str | Path | None, tag: str | N
     model = model_directory(run, tag)
     data, inputs = [], None
     for shards in config["data"]:
-        manifest = read_manifest(shards)
+        try:
+            manifest = read_manifest(shards)
+        except FileNotFoundError:
+            data.append(f"`{shards}` (its manifest is no longer there)")
+            continue
         settings = manifest.get("config", {})
         data.append(f"`{shards}`: {manifest['total']} {manifest['kind']} ({settings.get('kind', 'pairs')}), "
                     f"KB fingerprint `{manifest.get('kb_fingerprint')}`")

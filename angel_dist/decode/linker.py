@@ -58,7 +58,7 @@ def spans_problem(text, spans, max_spans: int | None = None) -> str | None:
         return f"at most {max_spans} spans per text, got {len(spans)}"
     for i, span in enumerate(spans):
         if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
-            return f"spans[{i}] must be [start, end] with integer offsets, got {str(span)[:60]}"
+            return f"spans[{i}] must be [start, end] with integer offsets"
         start, end = span
         if not 0 <= start < end <= len(text):
             return f"spans[{i}] = [{start}, {end}]: need 0 <= start < end <= {len(text)} (the text's length)"

@@ -55,5 +55,6 @@ def parse_link_request(body: bytes, max_k: int) -> LinkRequest:
         raise RequestError(422, problem)
     k = data.get("k", min(DEFAULT_K, max_k))
     if type(k) is not int or not 1 <= k <= max_k:
-        raise RequestError(422, f"k must be an integer from 1 to {max_k}, got {str(k)[:60]}")
+        got = k if type(k) is int else type(k).__name__  # not the value: it may be anything
+        raise RequestError(422, f"k must be an integer from 1 to {max_k}, got {got}")
     return LinkRequest(data["text"], [(s, e) for s, e in data["spans"]], k)
