@@ -325,8 +325,8 @@ def _export(args) -> None:
 
     manifest = export_bundle(args.run_dir, args.out, trie=args.trie, tag=args.tag)
     size = sum(f["bytes"] for f in manifest["files"])
-    print(f"wrote {args.out}: linker bundle of {manifest['origin']['kind']} run {args.run_dir}, {len(manifest['files'])} "
-          f"files, {size / 2 ** 20:.1f} MiB; model card {args.out}/README.md")
+    print(f"wrote {args.out}: linker bundle of {manifest['origin']['kind']} run {args.run_dir}, "
+          f"{len(manifest['files'])} files, {size / 2 ** 20:.1f} MiB; model card {args.out}/README.md")
 
 
 def _mine(args) -> None:
@@ -398,9 +398,10 @@ def _annotate(args) -> None:
 
     summary = annotate(AnnotateConfig(model=args.model, trie=args.trie, input=args.input, out=args.out,
                                       format=args.format, k=args.k, beams=args.beams, shards=args.shards,
-                                      actors=args.actors, batch_size=args.batch_size, cpus_per_actor=args.cpus_per_actor,
-                                      gpus_per_actor=args.gpus_per_actor, on_bad_input=args.on_bad_input,
-                                      overwrite=args.overwrite, progress=not args.quiet))
+                                      actors=args.actors, batch_size=args.batch_size,
+                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                                      on_bad_input=args.on_bad_input, overwrite=args.overwrite,
+                                      progress=not args.quiet))
     print(f"wrote {args.out}: {summary['mentions']} mentions of {summary['documents']} documents "
           f"({summary['shards_written']} shards linked now)")
     if "gold" in summary:

@@ -87,7 +87,8 @@ def load(port: int, bodies: list[bytes], clients: int, seconds: float, max_reque
                 if i is None:
                     return
                 t = time.perf_counter()
-                conn.request("POST", "/link", body=bodies[i % len(bodies)], headers={"Content-Type": "application/json"})
+                conn.request("POST", "/link", body=bodies[i % len(bodies)],
+                             headers={"Content-Type": "application/json"})
                 response = conn.getresponse()
                 body = response.read()
                 if response.status != 200:

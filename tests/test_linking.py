@@ -8,7 +8,6 @@ import json
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,6 +21,7 @@ from angel_dist.evaluate.metrics import accuracy
 from angel_dist.kb.build import KbBuildConfig, build_kb
 from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine.work import FAULT_ENV
+from angel_dist.serve.requests import MAX_BODY_BYTES
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer, train_tokenizer
 from angel_dist.trie.build import build_trie
@@ -341,8 +341,8 @@ def _malformed() -> list[tuple]:
     cases += [("POST", "/link", json.dumps(b).encode(), {"Content-Type": "application/json"}, False) for b in bad]
     huge = json.dumps({"text": "x" * (3 << 20), "spans": [[0, 1]]}).encode()
     cases += [("POST", "/link", huge, {}, False), ("POST", "/link", huge, {}, True)]
-    cases += [("GET", "/link", b"", {}, False), ("PUT", "/link", b"{}", {}, False), ("POST", "/healthz", b"", {}, False),
-              ("GET", "/nowhere", b"", {}, False), ("DELETE", "/", b"", {}, False)]
+    routes = [("GET", "/link"), ("PUT", "/link"), ("POST", "/healthz"), ("GET", "/nowhere"), ("DELETE", "/")]
+    cases += [(method, path, b"{}", {}, False) for method, path in routes]
     return cases
 
 
@@ -355,6 +355,8 @@ def test_service_answers_1000_malformed_requests_with_4xx_and_keeps_serving(serv
     wrong = [(c[:2], c[2][:60], status, body[:200]) for c, (status, _, body) in zip(plan, answers)
              if not 400 <= status < 500]
     assert not wrong
+    assert {status for c, (status, _, _) in zip(plan, answers) if len(c[2]) > MAX_BODY_BYTES} == {413}
+    assert {status for c, (status, _, _) in zip(plan, answers) if c[2].startswith(b"\xff")} == {400}
     assert all("error" in json.loads(body) for _, _, body in answers[:len(cases)] if body.startswith(b"{"))
     status, _, result = _link(service, {"text": TEXT, "spans": SPANS, "k": 3})
     assert status == 200 and len(result["mentions"]) == 2

@@ -21,7 +21,8 @@ def linked_lines(documents: list[Document], predictions: list, k: int) -> list[s
     for doc in documents:
         text = doc.text
         for j, m in enumerate(doc.mentions):
-            record = {"document": doc.pmid, "index": j, "type": m.type, **as_json(text, m.start, m.end, predictions[i][:k])}
+            record = {"document": doc.pmid, "index": j, "type": m.type,
+                      **as_json(text, m.start, m.end, predictions[i][:k])}
             gold = gold_concepts(m.ids)
             if gold:
                 record["gold"] = gold

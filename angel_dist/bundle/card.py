@@ -27,8 +27,8 @@ def model_card(contents: BundleContents, manifest: dict, files: list[dict]) -> s
         f"{contents.made_from}.", "",
         "## Data", "",
         *[f"- {line}" for line in contents.data],
-        f"- KB fingerprint `{manifest['kb_fingerprint']}`, tokenizer fingerprint `{manifest['tokenizer_fingerprint']}`, "
-        f"model fingerprint `{manifest['model_fingerprint']}`",
+        f"- fingerprints: KB `{manifest['kb_fingerprint']}`, tokenizer `{manifest['tokenizer_fingerprint']}`, "
+        f"model `{manifest['model_fingerprint']}`",
         f"- inputs: the {contents.inputs['context']} around the mention, at most "
         f"{contents.inputs['max_source_tokens']} tokens", "",
         "## Accuracy", "",
