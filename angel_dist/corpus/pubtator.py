@@ -141,3 +141,10 @@ def _digest(doc: Document, mentions: list[Mention]) -> str:
     """What a repeat must match to be the same document: its text and annotations."""
     content = [doc.title, doc.abstract] + [[m.start, m.end, m.text, m.type, m.ids] for m in mentions]
     return hashlib.sha256(json.dumps(content).encode()).hexdigest()
+
+
+def format_pubtator(doc: Document) -> str:
+    """One document as PubTator lines (title, abstract, a line per mention), blank-line terminated."""
+    lines = [f"{doc.pmid}|t|{doc.title}", f"{doc.pmid}|a|{doc.abstract}"]
+    lines += [f"{doc.pmid}\t{m.start}\t{m.end}\t{m.text}\t{m.type}\t{m.ids}" for m in doc.mentions]
+    return "\n".join(lines) + "\n\n"

@@ -1,4 +1,5 @@
-"""The Ray edge of searching shard sets: a pool of actors, each holding one linker.
+"""The Ray edge of searching shard sets (mining, evaluation, annotation): a pool of actors,
+each holding one linker.
 
 Each actor loads the weights once and memory-maps the trie (the page cache holds one copy per
 node); input shards are its tasks. An actor that dies is restarted by Ray and its unfinished
@@ -41,6 +42,12 @@ class ShardWorker:
 
     def predict(self, index: int, shard: Shard) -> dict:
         return predict_shard(self.linker, shard, index, self.settings.search_chunk)
+
+    def annotate(self, index: int, documents: list, parts: str, config_hash: str, k: int) -> dict:
+        from angel_dist.annotate.work import annotate_shard  # annotate's package imports this pool's
+
+        return annotate_shard(self.linker, documents, index, parts, config_hash, k, self.settings.search_chunk,
+                              self.fault)
 
 
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,

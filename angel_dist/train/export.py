@@ -43,17 +43,19 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
     return Path(out)
 
 
-def model_directory(spec: str | Path) -> Path:
+def model_directory(spec: str | Path, tag: str | None = None) -> Path:
     """A model directory for inference: `spec` itself, or for a training run directory its
-    newest checkpoint exported once to `RUN/export/<tag>` (reused while that tag is newest)."""
+    checkpoint `tag` (default: the newest) exported once to `RUN/export/<tag>`."""
     spec = Path(spec)
     if not (spec / "train_config.json").exists():
         if not spec.is_dir():
             raise FileNotFoundError(f"{spec}: neither a model directory nor a training run directory")
         return spec
-    tag = ckpt.latest_tag(spec / "checkpoints")
+    tag = tag or ckpt.latest_tag(spec / "checkpoints")
     if tag is None:
         raise FileNotFoundError(f"{spec}: a training run without a checkpoint")
+    if not (spec / "checkpoints" / tag).is_dir():
+        raise FileNotFoundError(f"{spec}: no checkpoint {tag!r} in {spec / 'checkpoints'}")
     out = spec / "export" / tag
     if not (out / "angel_export.json").exists():
         export_run(spec, out, tag)
