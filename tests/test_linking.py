@@ -125,11 +125,11 @@ def test_bundle_links_as_its_model_directory_and_trie(setup, linker):
 def test_training_run_export_needs_the_trie(setup, tmp_path, capsys):
     # A training run whose newest checkpoint was already exported (model_directory reuses it).
     run = tmp_path / "train-run"
-    (run / "checkpoints" / "step-4").mkdir(parents=True)
-    (run / "checkpoints" / "step-4" / "meta.json").write_text("{}")
-    (run / "checkpoints" / "latest").write_text("step-4")
-    shutil.copytree(setup / "model", run / "export" / "step-4")
-    (run / "export" / "step-4" / "angel_export.json").write_text(json.dumps({"run": str(run), "checkpoint": "step-4"}))
+    (run / "checkpoints" / "step-00000004").mkdir(parents=True)
+    (run / "checkpoints" / "step-00000004" / "meta.json").write_text("{}")
+    (run / "checkpoints" / "latest").write_text("step-00000004")
+    shutil.copytree(setup / "model", run / "export" / "step-00000004")
+    (run / "export" / "step-00000004" / "angel_export.json").write_text(json.dumps({"run": str(run), "checkpoint": "step-00000004"}))
     (run / "train_config.json").write_text(json.dumps({"objective": "nll", "data": [], "model": "tiny"}))
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
@@ -137,8 +137,8 @@ def test_training_run_export_needs_the_trie(setup, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     assert main(["export", str(run), "--out", str(tmp_path / "b"), "--trie", str(setup / "trie")]) == 0
     manifest = read_bundle(tmp_path / "b")
-    assert manifest["origin"] == {"kind": "training", "run": str(run.resolve()), "checkpoint": "step-4"}
-    assert "Checkpoint `step-4` of training run" in (tmp_path / "b" / "README.md").read_text()
+    assert manifest["origin"] == {"kind": "training", "run": str(run.resolve()), "checkpoint": "step-00000004"}
+    assert "Checkpoint `step-00000004` of training run" in (tmp_path / "b" / "README.md").read_text()
     assert manifest["accuracy"] is None
 
 
@@ -146,6 +146,14 @@ def test_training_run_export_needs_the_trie(setup, tmp_path, capsys):
 
 def _link_json(capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _assert_same_links(found: list[dict], expected: list[dict]) -> None:
+    """Equal but for the scores' last bits: a batch's composition changes float rounding."""
+    assert [{k: v for k, v in o.items() if k != "scores"} for o in found] == \
+        [{k: v for k, v in o.items() if k != "scores"} for o in expected]
+    for o, e in zip(found, expected):
+        np.testing.assert_allclose(o["scores"], e["scores"], rtol=1e-5)
 
 
 def test_link_several_texts_from_arguments_file_and_stdin(setup, linker, tmp_path, capsys, monkeypatch):
@@ -161,10 +169,10 @@ def test_link_several_texts_from_arguments_file_and_stdin(setup, linker, tmp_pat
 
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS[:2]) + "\n\n")
     assert main(["link", "--model", bundle, "--beams", "5", "--json", "--input", str(tmp_path / "texts.txt")]) == 0
-    assert _link_json(capsys) == out[:2]
+    _assert_same_links(_link_json(capsys), out[:2])
     monkeypatch.setattr("sys.stdin", io.StringIO(TEXTS[2] + "\n"))
     assert main(["link", "--model", bundle, "--beams", "5", "--json"]) == 0
-    assert _link_json(capsys) == out[2:]
+    _assert_same_links(_link_json(capsys), out[2:])
 
     assert main(["link", "--model", bundle, "--beams", "3", TEXTS[0], TEXTS[1]]) == 0
     lines = capsys.readouterr().out.splitlines()
