@@ -174,7 +174,8 @@ def decode_sample(key: str, fields: dict[str, bytes]) -> dict:
     except ValueError as e:
         raise SampleFormatError(member, str(e)) from None
     if ids.dtype != IDS_DTYPE or ids.ndim != 1:
-        raise SampleFormatError(member, f"expected a 1-D {IDS_DTYPE.str} array, got {ids.dtype.str} of shape {ids.shape}")
+        raise SampleFormatError(member, f"expected a 1-D {IDS_DTYPE.str} array, got {ids.dtype.str} of shape "
+                                        f"{ids.shape}")
     if len(ids) != sum(record["lengths"]):
         raise SampleFormatError(member, f"holds {len(ids)} ids, {key}.json lengths say {record['lengths']}")
     record["__key__"] = key
