@@ -103,7 +103,8 @@ def shard_record(out: Path, index: int, config_hash: str) -> dict | None:
     try:
         record = json.loads(_record_path(out, index).read_text())
         complete = (isinstance(record, dict) and record.get("config_hash") == config_hash
-                    and record.get("name") == tar.name and record.get("index") == idx.name and tar.is_file() and tar.stat().st_size == record["bytes"]
+                    and record.get("name") == tar.name and record.get("index") == idx.name
+                    and tar.is_file() and tar.stat().st_size == record["bytes"]
                     and idx.is_file() and idx.stat().st_size == record["index_bytes"]
                     and hashlib.sha256(idx.read_bytes()).hexdigest() == record["index_sha256"])
     except (OSError, ValueError, KeyError):
