@@ -402,13 +402,7 @@ def _vouch(d: Path, counts: bool) -> None:
     """Make the manifest vouch for the files as they now are: hashes, and with `counts` the
     shards' counts and the total from their indexes."""
     try:
-        rehash(d)
-        if counts:
-            manifest = json.loads((d / MANIFEST).read_text())
-            for entry in manifest["shards"]:
-                entry["count"] = len(np.load(d / entry["index"]))
-            manifest["total"] = sum(entry["count"] for entry in manifest["shards"])
-            (d / MANIFEST).write_text(json.dumps(manifest))
+        rehash(d, counts)
     except Exception:  # a manifest too damaged to redo, or a listed file gone: leave it
         pass
 

@@ -216,14 +216,19 @@ def _corrupt_copy(corpus, tmp_path, damage=lambda b: b):
     return out, tar
 
 
-def rehash(out):
-    """Make a set's manifest vouch for its files as they are now, as a crafted set would."""
+def rehash(out, counts=False):
+    """Make a set's manifest vouch for its files as they are now, as a crafted set would: sizes
+    and hashes, and with `counts` the shards' counts and the total, from their indexes."""
     path = out / "manifest.json"
     manifest = json.loads(path.read_text())
     for s in manifest["shards"]:
         tar, index = (out / s["name"]).read_bytes(), (out / s["index"]).read_bytes()
         s.update(bytes=len(tar), sha256=hashlib.sha256(tar).hexdigest(), index_bytes=len(index),
                  index_sha256=hashlib.sha256(index).hexdigest())
+        if counts:
+            s["count"] = len(np.load(io.BytesIO(index)))
+    if counts:
+        manifest["total"] = sum(s["count"] for s in manifest["shards"])
     path.write_text(json.dumps(manifest))
 
 
@@ -344,6 +349,15 @@ def test_every_member_is_walked_when_a_shard_is_verified(corpus, tmp_path, extra
     craft_shard(out, 0, lambda entries: entries[:4] + [extra()] + entries[4:])
     with pytest.raises(BadInputError, match=problem) as err:
         list(iter_shard(open_shard_sets(out)[0][0]))
+    assert err.value.path == str(tar)
+
+
+def test_shard_said_to_be_empty_is_checked_though_no_position_reads_it(corpus, tmp_path):
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    np.save(out / "shard-00000.idx.npy", np.zeros((0, 2), np.int64))
+    rehash(out, counts=True)  # the manifest agrees: shard 0 holds nothing, though its tar holds samples
+    with pytest.raises(BadInputError, match="the tar holds \\d+ samples, its index 0") as err:
+        list(ShardLoader(out, ReaderConfig(batch_size=8)))
     assert err.value.path == str(tar)
 
 

@@ -354,6 +354,8 @@ class ShardStream(IterableDataset):
             for shard_id, shard in enumerate(self.shards):
                 try:
                     rows = load_index(shard)
+                    if not shard.count:  # no position reads it, so its tar is checked here: it must be empty too
+                        open_tar(shard, rows[:, 0], self.config.verify)
                 except BadInputError as e:
                     self._drop(shard_id, e, policy)
                     rows = np.zeros((shard.count, 2), np.int64)  # positions stay; the samples are skipped
