@@ -322,6 +322,11 @@ def test_missing_listed_file_is_named_when_the_set_is_opened(corpus, tmp_path, m
         assert err.value.path == str(out / missing)
 
 
+def test_a_set_given_twice_is_refused(corpus):
+    with pytest.raises(ValueError, match="given more than once"):
+        open_shard_sets([corpus, corpus.parent / ".." / corpus.parent.name / corpus.name])
+
+
 def test_old_schema_is_refused_with_how_to_rebuild(corpus, tmp_path):
     out, _ = _corrupt_copy(corpus, tmp_path)
     manifest = json.loads((out / "manifest.json").read_text())

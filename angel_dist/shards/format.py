@@ -76,14 +76,14 @@ def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]]:
 
 
 def parse_npy(data: bytes | memoryview) -> np.ndarray:
-    """Read a .npy payload (format 1.x/2.x) of plain numbers without pickle; ValueError on
+    """Read a .npy payload (format 1.0/2.0) of plain numbers without pickle; ValueError on
     anything else (a header that is not numpy's literal dict, a size that disagrees with it)."""
     data = memoryview(data)
     if bytes(data[:6]) != _NPY_MAGIC[:6] or len(data) < 10:
         raise ValueError("not a .npy payload")
-    major = data[6]
-    if major not in (1, 2):
-        raise ValueError(f"unsupported .npy format version {major}")
+    major, minor = data[6], data[7]
+    if (major, minor) not in ((1, 0), (2, 0)):  # what numpy reads, less 3.0 (UTF-8 headers)
+        raise ValueError(f"unsupported .npy format version {major}.{minor}")
     size_bytes = 2 if major == 1 else 4
     hlen = int.from_bytes(data[8:8 + size_bytes], "little")
     start = 8 + size_bytes
