@@ -11,12 +11,13 @@ inspect_shards, every outcome must be one of
   - a BadInputError naming a file of the set (manifest, tar or index),
   - in skip mode, positions each either that same sample or counted as skipped,
 never another exception. The number of examples comes from the hypothesis profile
-(HYPOTHESIS_PROFILE=bench runs 10,000).
+(HYPOTHESIS_PROFILE=bench, as bench/fuzz.py runs it: 10,000).
 """
 
 import hashlib
 import io
 import json
+from collections import Counter, defaultdict
 import shutil
 import tarfile
 import tempfile
@@ -33,9 +34,11 @@ from angel_dist.shards.format import ID_FIELDS
 from angel_dist.shards.inspect import inspect_shards
 from angel_dist.shards.reader import ReaderConfig, ShardLoader, iter_shard, open_shard_sets
 from angel_dist.tokenizer import train_tokenizer
+from conftest import report_fuzz_outcomes
 from test_shards import rehash, synthetic_kb, tar_entries, write_entries
 
 MANIFEST = "manifest.json"
+OUTCOMES: dict[str, Counter] = defaultdict(Counter)  # reader -> outcome -> inputs, for bench/fuzz.py
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +372,7 @@ def mutate(data: st.DataObject, d: Path) -> None:
     names = sorted(p.name for p in d.iterdir() if p.name.endswith((".tar", ".idx.npy")) or p.name == MANIFEST)
     tars = [n for n in names if n.endswith(".tar")]
     scenario = data.draw(st.sampled_from(["damage", "vouched damage", "crafted structure", "crafted content"]))
-    event(scenario)
+    _note(scenario)
     if scenario.startswith("crafted"):
         tar = d / data.draw(st.sampled_from(tars))
         ops = STRUCTURE if scenario.endswith("structure") else CONTENT
@@ -443,8 +446,20 @@ def _loader_items(d: Path, mode: str) -> tuple[list[tuple[int, tuple]], int, int
     return items, loader.skipped, len(loader)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _report_outcomes():
+    yield
+    report_fuzz_outcomes(OUTCOMES)
+
+
+def _note(outcome: str) -> None:
+    event(outcome)  # in hypothesis's statistics
+    OUTCOMES["shard"][outcome] += 1
+
+
 @given(data=st.data())
-def test_mutated_shard_sets_read_right_or_fail_naming_the_file(sets, data):
+def test_shard_reader(sets, data):
+    """Shard sets mutated as the module says, read through every entry point."""
     kind = data.draw(st.sampled_from(sorted(sets)))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / kind
@@ -452,7 +467,7 @@ def test_mutated_shard_sets_read_right_or_fail_naming_the_file(sets, data):
         mutate(data, d)
         shards = _outcome(lambda: open_shard_sets(d)[0], d)
         if shards is None:  # a manifest refused, or a listed file missing: so for every reader, skip mode too
-            event("set refused on opening")
+            _note("set refused on opening")
             for read in (inspect_shards, ShardLoader, lambda d: ShardLoader(d, ReaderConfig(on_bad_input="skip"))):
                 with pytest.raises(BadInputError) as err:
                     read(d)
@@ -462,7 +477,7 @@ def test_mutated_shard_sets_read_right_or_fail_naming_the_file(sets, data):
         for i, shard in enumerate(shards):
             got = _outcome(lambda: [_ours(s) for s in iter_shard(shard)], d)
             assert got is None or got == expected[i]  # exactly what the tar holds: none dropped or repeated
-            event(f"shard {i}: " + ("refused" if got is None else "read, intact" if _intact(shard, sets[kind])
+            _note(f"shard {i}: " + ("refused" if got is None else "read, intact" if _intact(shard, sets[kind])
                                     else "read, changed files the manifest vouches for"))
         shown = _outcome(lambda: json.loads(inspect_shards(d, samples=2, as_json=True))["samples"], d)
         assert shown is None or [_ours(s) for s in shown] == expected[0][:len(shown)]
@@ -472,13 +487,14 @@ def test_mutated_shard_sets_read_right_or_fail_naming_the_file(sets, data):
                 ShardLoader(d)
             return
         loaded = _outcome(lambda: _loader_items(d, "error"), d)
+        _note("error mode: " + ("bad input named" if loaded is None else "all read"))
         if loaded is not None:
             items, skipped, positions = loaded
             assert skipped == 0 and [item for _, item in items] == [_source(s) for i in range(len(shards))
                                                                     for s in expected[i]]
         items, skipped, positions = _loader_items(d, "skip")
         assert len(items) + skipped == positions == sum(counts)  # every position read or counted
-        event("skip mode: " + ("all read" if not skipped else "some skipped" if items else "all skipped"))
+        _note("skip mode: " + ("all read" if not skipped else "some skipped" if items else "all skipped"))
         starts = np.cumsum([0, *counts])
         for position, item in items:  # a sample skip mode yields is the one at its position
             i = int(np.searchsorted(starts, position, side="right") - 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Iterable
 import numpy as np
 
 from angel_dist.atomic import atomic_path, write_json
-from angel_dist.errors import BadInputError
+from angel_dist.digest import file_sha256
+from angel_dist.errors import BadInputError, read_json
 from angel_dist.shards.format import SAMPLE_KINDS, SCHEMA_VERSION
 from angel_dist.shards.tar import TarStreamWriter
 
@@ -106,7 +106,7 @@ def shard_record(out: Path, index: int, config_hash: str) -> dict | None:
                     and record.get("name") == tar.name and record.get("index") == idx.name
                     and tar.is_file() and tar.stat().st_size == record["bytes"]
                     and idx.is_file() and idx.stat().st_size == record["index_bytes"]
-                    and hashlib.sha256(idx.read_bytes()).hexdigest() == record["index_sha256"])
+                    and file_sha256(idx) == record["index_sha256"])
     except (OSError, ValueError, KeyError):
         return None
     return record if complete else None
@@ -136,8 +136,6 @@ def write_shard(out: str | Path, index: int, config_hash: str,
                 for name, data in members:
                     writer.add(name, data)
             writer.close()
-            f.flush()
-            os.fsync(f.fileno())
     buf = io.BytesIO()
     np.save(buf, np.array(rows, dtype=np.int64).reshape(len(rows), 2))
     index_bytes = buf.getvalue()
@@ -191,10 +189,7 @@ def read_manifest(out: str | Path) -> dict:
     if not path.exists():
         hint = " (an unfinished write: rerun the command that makes it)" if (Path(out) / PLAN).exists() else ""
         raise FileNotFoundError(f"{out}: no {MANIFEST}, not a complete shard set{hint}")
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise BadInputError(path, None, f"not a UTF-8 JSON file ({type(e).__name__}: {str(e)[:200]})") from None
+    manifest = read_json(path, "a shard set's manifest")
     if not isinstance(manifest, dict):
         raise BadInputError(path, None, f"expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("schema_version")
