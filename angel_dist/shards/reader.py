@@ -33,7 +33,7 @@ from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.keys import hash_permutation, stable_hash64
 from angel_dist.shards.format import FIELDS, SAMPLE_KINDS, SampleFormatError, decode_sample, parse_npy
 from angel_dist.shards.tar import BLOCK, TarFormatError, iter_members, open_archive, split_key
-from angel_dist.shards.writer import read_manifest
+from angel_dist.shards.writer import MANIFEST, read_manifest
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,14 @@ class Shard:
 
 
 def shards_of(directory: str | Path, manifest: dict) -> list[Shard]:
-    """The shards listed by a manifest that `read_manifest` has checked."""
+    """The shards listed by a manifest that `read_manifest` has checked, once every listed tar
+    and index is found in `directory`."""
     d = Path(directory)
+    for i, entry in enumerate(manifest["shards"]):
+        for field in ("name", "index"):
+            if not (d / entry[field]).is_file():
+                raise BadInputError(d / entry[field], None, f"listed in {d / MANIFEST} (shards[{i}].{field}) "
+                                                            f"but missing")
     return [Shard(str(d / s["name"]), s["count"], s["bytes"], s["sha256"], str(d / s["index"]), s["index_bytes"],
                   s["index_sha256"], SAMPLE_KINDS[manifest["kind"]]) for s in manifest["shards"]]
 

@@ -182,9 +182,10 @@ def _is(value, expected) -> bool:
 
 def read_manifest(out: str | Path) -> dict:
     """The manifest of a complete shard set, checked before anything trusts it: the fields and
-    their types, counts that add up, file names confined to the set's directory and named once,
-    and every listed tar and index present. Raises BadInputError naming the manifest and the
-    entry (or the missing file); FileNotFoundError when there is no manifest at all."""
+    their types, counts that add up, file names confined to the set's directory and named once
+    (readers then check that the files are there: `shards.reader.shards_of`). Raises
+    BadInputError naming the manifest and the entry; FileNotFoundError when there is no
+    manifest at all."""
     path = Path(out) / MANIFEST
     if not path.exists():
         hint = " (an unfinished write: rerun the command that makes it)" if (Path(out) / PLAN).exists() else ""
@@ -223,8 +224,6 @@ def read_manifest(out: str | Path) -> dict:
             if name in seen:
                 raise BadInputError(path, None, f"{where}.{field} {name!r} is listed twice")
             seen.add(name)
-            if not (path.parent / name).is_file():
-                raise BadInputError(path.parent / name, None, f"listed in {path} ({where}.{field}) but missing")
     if manifest["total"] != sum(entry["count"] for entry in shards):
         raise BadInputError(path, None, f"total {manifest['total']} differs from the shards' counts "
                                         f"({sum(entry['count'] for entry in shards)})")
