@@ -320,7 +320,7 @@ def test_export_mine_and_link_refuse_a_crafted_file_naming_it(data, baseline, tr
     shutil.copytree(baseline[0], run)
     marker = tmp_path / "marker"
     planted = _plant(run, rel, marker)
-    commands = [["export", str(run), "--out", str(tmp_path / "model")],
+    commands = [["export", str(run), "--trie", str(trie), "--out", str(tmp_path / "model")],
                 ["mine", "--model", str(run), "--trie", str(trie), "--data", str(data / "examples"), "--out",
                  str(tmp_path / "pairs"), "--quiet"],
                 ["link", "--model", str(run), "--trie", str(trie), "a START mention END"]]

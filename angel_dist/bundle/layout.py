@@ -14,13 +14,13 @@ bundle.json is complete.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path, write_json
 from angel_dist.digest import file_sha256
+from angel_dist.errors import read_json
 
 BUNDLE_FILE = "bundle.json"
 CARD_FILE = "README.md"
@@ -115,7 +115,7 @@ def read_bundle(directory: str | Path, verify: bool = True) -> dict:
     path = directory / BUNDLE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: not a linker bundle (no {BUNDLE_FILE}; `angel export` makes one)")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "a bundle manifest")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: {manifest.get('format')!r} version {manifest.get('format_version')}, expected "
                          f"{FORMAT!r} version {FORMAT_VERSION}")

@@ -3,12 +3,12 @@ training run (its config and shard manifests; the trie must be given)."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 
 from angel_dist.bundle.layout import BundleContents
+from angel_dist.errors import read_json
 
 
 def command_line() -> str:
@@ -64,7 +64,7 @@ def training_contents(run_dir: str | Path, trie: str | Path | None, tag: str | N
     if trie is None:
         raise ValueError(f"{run} is a training run: give the trie its model links with, built with its tokenizer "
                          f"(--trie DIR, e.g. from `angel trie build`)")
-    config = json.loads((run / "train_config.json").read_text())
+    config = read_json(run / "train_config.json", "a training run's config")
     model = model_directory(run, tag)
     data, inputs = [], None
     for shards in config["data"]:
@@ -78,7 +78,7 @@ def training_contents(run_dir: str | Path, trie: str | Path | None, tag: str | N
                     f"KB fingerprint `{manifest.get('kb_fingerprint')}`")
         if inputs is None and "context" in settings:  # a benchmark mention set: how its inputs were made
             inputs = {"context": settings["context"], "max_source_tokens": settings["max_source_tokens"]}
-    checkpoint = json.loads((model / "angel_export.json").read_text())["checkpoint"]
+    checkpoint = read_json(model / "angel_export.json", "an exported model's record")["checkpoint"]
     return BundleContents(model_dir=model, trie_dir=Path(trie), name=run.name,
                           origin={"kind": "training", "run": str(run), "checkpoint": checkpoint},
                           made_from=f"Checkpoint `{checkpoint}` of training run `{run}`", recipe=config,
