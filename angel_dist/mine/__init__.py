@@ -38,6 +38,7 @@ class MineConfig:
     batch_size: int = 32  # inputs per beam-search batch
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
     overwrite: bool = False
     progress: bool = True
 
@@ -48,6 +49,8 @@ class MineConfig:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.actors < 1:
             raise ValueError("actors must be >= 1")
+        if self.placement not in ("PACK", "SPREAD"):
+            raise ValueError(f"placement must be PACK or SPREAD, got {self.placement!r}")
         if not 0 <= self.chunk < self.chunks:
             raise ValueError(f"need 0 <= chunk < chunks, got chunk={self.chunk}, chunks={self.chunks}")
 
@@ -93,7 +96,7 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
     run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
-             desc="mine", on_result=on_shard)
+             desc="mine", on_result=on_shard, placement=cfg.placement)
     manifest = finish(plan)
     write_trl_parquet(plan.out)
     return manifest
