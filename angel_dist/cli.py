@@ -20,7 +20,7 @@ def _kb_build(args) -> None:
     umls = UmlsConfig(drop_suppressed=args.drop_suppressed,
                       **{k: getattr(args, k) for k in ("languages", "seeds", "sources") if getattr(args, k)})
     config = KbBuildConfig(format=args.format, source=args.source, out=args.out, on_bad_input=args.on_bad_input,
-                           umls=umls, synonym_scopes=args.synonym_scopes)
+                           umls=umls, synonym_scopes=args.synonym_scopes, allow_empty=args.allow_empty)
     meta, policy = build_kb(config, progress=not args.quiet)
     policy.report()
     counts = meta["counts"]
@@ -90,7 +90,8 @@ def _corpus_mentions(args) -> None:
                                   syn_k=None if args.eval_only else args.syn_k)
     manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
                                     max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
-                                    workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+                                    workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+                                    allow_empty=args.allow_empty)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
     print(f"wrote {args.out}: {manifest['total']} examples in {manifest['n_shards']} shards; {counts}")
 
@@ -137,6 +138,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="KB table to write (.parquet)")
     b.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                    help="stop at the first malformed line (default) or skip, count and report")
+    b.add_argument("--allow-empty", action="store_true",
+                   help="write a KB without concepts instead of stopping (e.g. when every line was skipped)")
     b.add_argument("--languages", type=_csv, help="umls: MRCONSO LAT values to keep (default ENG)")
     b.add_argument("--seeds", type=_csv, help="umls: seed semantic types, TUIs or tree numbers (default ST21pv)")
     b.add_argument("--sources", type=_csv, help="umls: source vocabularies (SAB) a concept needs a string from")
@@ -188,7 +191,10 @@ def parser() -> argparse.ArgumentParser:
     target.add_argument("--syn-k", type=int, default=3, help="training rows per mention: its k most similar gold names")
     target.add_argument("--eval-only", action="store_true", help="one row per mention, no target")
     cm.add_argument("--context", choices=("sentence", "document"), default="sentence")
-    cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error")
+    cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                    help="stop at the first malformed line (default) or skip, count and report")
+    cm.add_argument("--allow-empty", action="store_true",
+                    help="write a shard set without examples instead of stopping")
     cm.set_defaults(run=_corpus_mentions)
     ci = corpus.add_parser("inspect", help="manifest summary and a few decoded samples")
     ci.add_argument("shards_dir")
@@ -211,10 +217,13 @@ def parser() -> argparse.ArgumentParser:
                     help="any train config field, e.g. --set lr=1e-5 --set max_steps=1000 (repeatable)")
     tr.add_argument("--quiet", action="store_true", help="no progress lines")
     tr.set_defaults(run=_train)
-    ex = groups.add_parser("export", help="a run's newest checkpoint as a HF model directory (safetensors)")
-    ex.add_argument("run_dir")
-    ex.add_argument("--out", required=True)
-    ex.add_argument("--tag", help="a checkpoint tag (default: latest)")
+    ex = groups.add_parser("export", help="a linker bundle: the HF model, the trie with the KB's names and ids, a "
+                                          "model card and a checked manifest")
+    ex.add_argument("run_dir", help="a pipeline run (run.json: its final model, trie and accuracy table) or a "
+                                    "training run (train_config.json; give --trie)")
+    ex.add_argument("--out", required=True, help="the bundle directory (replaced as a whole)")
+    ex.add_argument("--trie", help="training runs: the trie the model links with (built with its tokenizer)")
+    ex.add_argument("--tag", help="training runs: a checkpoint tag (default: latest)")
     ex.set_defaults(run=_export)
 
     mi = groups.add_parser("mine", help="constrained top-k search on a Ray actor pool -> DPO pair shards")
@@ -234,13 +243,48 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--k", type=int, help="report acc@1..k (default: --beams)")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
     ev.set_defaults(run=_evaluate)
-    li = groups.add_parser("link", help="top-k KB names, CUIs and scores for a text with START mention END")
-    li.add_argument("--model", required=True, help="a model directory or a training run directory")
-    li.add_argument("--trie", required=True)
-    li.add_argument("--beams", type=int, default=10)
+    li = groups.add_parser("link", help="top-k KB names, ids and scores of texts that mark one mention each as "
+                                        "START mention END")
+    _add_linker_common(li)
+    li.add_argument("--input", help="a file of texts, one per line ('-': stdin)")
+    li.add_argument("--json", action="store_true", help="one JSON object per text: text, mention, start, end, names, "
+                                                        "ids, scores")
+    li.add_argument("--batch-size", type=int, default=32, help="texts per search batch")
     li.add_argument("--device", help="cpu or cuda (default: cuda when there is one)")
-    li.add_argument("text", nargs="+", help='e.g. "the patient had START renal failure END after surgery"')
+    li.add_argument("text", nargs="*", help='texts, each linked on its own, e.g. "the patient had START renal failure '
+                                            'END after surgery"; "-" (or none, with piped input) reads stdin')
     li.set_defaults(run=_link)
+
+    an = groups.add_parser("annotate", help="link every mention span of a PubTator or JSONL file on a Ray actor "
+                                            "pool; sharded, resumable")
+    _add_linker_common(an)
+    an.add_argument("--input", required=True, help="a PubTator file, or JSONL: {\"id\", \"text\", \"spans\": "
+                                                   "[[start, end], ...], \"ids\"} a line")
+    an.add_argument("--out", required=True, help="output directory: annotations.jsonl, annotations.pubtator, "
+                                                 "summary.json")
+    an.add_argument("--format", choices=("pubtator", "jsonl"), default="pubtator", help="the input's format")
+    an.add_argument("--k", type=int, default=5, help="names per mention written; acc@1..k with gold ids")
+    an.add_argument("--shards", type=int, help="input shards (default: one per 512 mentions)")
+    an.add_argument("--actors", type=int, default=1, help="Ray actors, each with the model loaded once")
+    an.add_argument("--batch-size", type=int, default=32, help="mentions per search batch")
+    an.add_argument("--cpus-per-actor", type=float, default=1.0)
+    an.add_argument("--gpus-per-actor", type=float, default=0.0)
+    an.add_argument("--on-bad-input", choices=("error", "skip"), default="error")
+    an.add_argument("--overwrite", action="store_true", help="replace an annotation made with other settings")
+    an.add_argument("--quiet", action="store_true")
+    an.set_defaults(run=_annotate)
+
+    sv = groups.add_parser("serve", help="a bundle as an HTTP service on Ray Serve: POST /link (batched across "
+                                         "clients), GET /healthz")
+    sv.add_argument("bundle", help="a linker bundle (angel export)")
+    sv.add_argument("--host", default="127.0.0.1", help="the address the HTTP proxy binds (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--replicas", type=int, default=1, help="replicas, each with the model loaded once")
+    sv.add_argument("--beams", type=int, default=10, help="search width; requests ask for k <= beams names")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="requests per search (1: one at a time)")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--cpus-per-replica", type=float, default=1.0)
+    sv.set_defaults(run=_serve)
 
     ru = groups.add_parser("run", help="run (or resume) a whole recipe: KB to report")
     ru.add_argument("recipe", help="a recipe YAML (launchers/recipes/)")
@@ -259,6 +303,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_linker_common(p) -> None:
+    p.add_argument("--model", required=True, help="a bundle (angel export); or a model directory or training run "
+                                                  "directory, with --trie")
+    p.add_argument("--trie", help="the trie to link with (default: the bundle's)")
+    p.add_argument("--beams", type=int, default=10)
+
+
 def _add_search_common(p) -> None:
     p.add_argument("--model", required=True, help="a model directory or a training run directory (its newest "
                                                   "checkpoint)")
@@ -274,32 +325,57 @@ def _add_search_common(p) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+def _from_command_line(text: str, kind, key: str):
+    """A command-line value as its field's type; a list may be written `a,b` and a mapping in YAML
+    (`{name: 1}`), where a recipe's YAML gives them as they are."""
+    import yaml
+
+    from angel_dist.typed import ConfigError, coerce
+
+    try:
+        return coerce(text, kind, key)
+    except ConfigError as error:
+        errors = [error]
+    try:
+        written = yaml.safe_load(text)
+    except yaml.YAMLError:
+        written = None
+    for value in ([v.strip() for v in text.strip("[] ").split(",") if v.strip()], written):
+        try:
+            return coerce(value, kind, key)
+        except ConfigError as error:
+            errors.append(error)
+    # What was wrong with the items of a list says more than that the text was not a list.
+    raise errors[1] if errors[0].problem.startswith("expected a list") else errors[0]
+
+
 def _train(args) -> None:
     import typing
 
     from angel_dist.train.config import TrainConfig
     from angel_dist.train.launch import run_training
-    from angel_dist.typed import coerce
 
     types = typing.get_type_hints(TrainConfig)
     values = {"objective": args.objective, "data": args.data, "model": args.model, "tokenizer": args.tokenizer,
-              "ds_config": args.ds_config, "workers": coerce(args.workers, types["workers"], "--workers"),
+              "ds_config": args.ds_config, "workers": _from_command_line(args.workers, types["workers"], "--workers"),
               "gpus_per_worker": args.gpus_per_worker, "out": args.out, "progress": not args.quiet}
     for item in args.set or ():
         key, sep, value = item.partition("=")
         key = key.removeprefix("train.")
         if not sep or key not in types:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
-        values[key] = coerce(value, types[key], f"--set {key}")
+        values[key] = _from_command_line(value, types[key], f"--set {key}")
     run = run_training(TrainConfig.from_dict(values))
     print(f"trained: {run} (metrics in {run / 'metrics.jsonl'}, checkpoints in {run / 'checkpoints'})")
 
 
 def _export(args) -> None:
-    from angel_dist.train.export import export_run
+    from angel_dist.bundle import export_bundle
 
-    out = export_run(args.run_dir, args.out, tag=args.tag)
-    print(f"exported {args.run_dir} to {out}")
+    manifest = export_bundle(args.run_dir, args.out, trie=args.trie, tag=args.tag)
+    size = sum(f["bytes"] for f in manifest["files"])
+    print(f"wrote {args.out}: linker bundle of {manifest['origin']['kind']} run {args.run_dir}, "
+          f"{len(manifest['files'])} files, {size / 2 ** 20:.1f} MiB; model card {args.out}/README.md")
 
 
 def _mine(args) -> None:
@@ -330,13 +406,77 @@ def _evaluate(args) -> None:
         print(f"predictions: {args.out}")
 
 
-def _link(args) -> None:
-    from angel_dist.decode.linker import Linker
-    from angel_dist.train.export import model_directory
+def _texts(args) -> list[str]:
+    """The texts of `angel link`: arguments, --input's lines, stdin ('-', or piped with nothing else)."""
+    texts = [t for t in args.text if t != "-"]
+    files = [args.input] if args.input else []
+    if "-" in args.text or (not texts and not files and not sys.stdin.isatty()):
+        files.append("-")
+    for name in dict.fromkeys(files):
+        if name == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            with open(name, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        texts += [line.strip() for line in lines if line.strip()]
+    if not texts:
+        raise ValueError("no text to link: give texts, --input FILE or pipe them to stdin")
+    return texts
 
-    linker = Linker(model_directory(args.model), args.trie, beams=args.beams, batch_size=1, device=args.device)
-    for rank, p in enumerate(linker.link(" ".join(args.text)), 1):
-        print(f"{rank:>3}  {p.score:9.4f}  {p.name}  [{', '.join(p.cuis)}]")
+
+def _link(args) -> None:
+    from angel_dist.corpus.example import unmark
+    from angel_dist.decode.linker import Linker, as_json, linker_files
+
+    texts = _texts(args)
+    linker = Linker(**linker_files(args.model, args.trie), beams=args.beams, batch_size=args.batch_size,
+                    device=args.device)
+    for text, predictions in zip(texts, linker.link(texts)):
+        plain, (start, end) = unmark(text)
+        if args.json:
+            print(json.dumps({"text": text, **as_json(plain, start, end, predictions)}, ensure_ascii=False))
+            continue
+        print(text)
+        for p in predictions:
+            print(f"{p.rank:>3}  {p.score:9.4f}  {p.name}  [{', '.join(p.cuis)}]")
+
+
+def _annotate(args) -> None:
+    from angel_dist.annotate import AnnotateConfig, annotate
+    from angel_dist.evaluate import format_table
+
+    summary = annotate(AnnotateConfig(model=args.model, trie=args.trie, input=args.input, out=args.out,
+                                      format=args.format, k=args.k, beams=args.beams, shards=args.shards,
+                                      actors=args.actors, batch_size=args.batch_size,
+                                      cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                                      on_bad_input=args.on_bad_input, overwrite=args.overwrite,
+                                      progress=not args.quiet))
+    print(f"wrote {args.out}: {summary['mentions']} mentions of {summary['documents']} documents "
+          f"({summary['shards_written']} shards linked now)")
+    if "gold" in summary:
+        print(f"against the input's gold ids: {format_table(summary['gold'], args.k)}")
+
+
+def _serve(args) -> None:
+    import signal
+
+    from angel_dist.serve import ServeConfig, start_service, stop_service
+
+    url = start_service(ServeConfig(bundle=args.bundle, host=args.host, port=args.port, replicas=args.replicas,
+                                    beams=args.beams, max_batch_size=args.max_batch_size,
+                                    batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica))
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)  # `kill` stops the service as Ctrl-C does
+    print(f"serving {args.bundle} at {url}: POST {url}/link, GET {url}/healthz; Ctrl-C stops", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_service()
 
 
 def _run(args) -> None:

@@ -15,6 +15,10 @@ class BadInputError(ValueError):
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Pickled from a Ray worker to the driver: rebuilt from its fields, not from the message.
+        return type(self), (self.path, self.line, self.problem)
+
 
 @dataclass
 class BadInputPolicy:
@@ -50,3 +54,15 @@ class BadInputPolicy:
             print(f"  {path}: {n}", file=stream)
         for example in self.examples:
             print(f"  e.g. {example}", file=stream)
+
+
+def read_json(path, expected: str):
+    """The JSON value in `path`; a file that is not JSON raises BadInputError naming it and what
+    was `expected` there."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BadInputError(path, None, f"expected {expected} (JSON): {type(e).__name__}: {e}") from None

@@ -26,3 +26,9 @@ def split_gold(ids: str) -> list[str]:
         if cid and cid not in out:
             out.append(cid)
     return out
+
+
+def gold_concepts(ids: str) -> list[str]:
+    """The gold concepts of a mention's id column: `split_gold` without BC5CDR's `-1` (unlinked);
+    empty when the mention has none."""
+    return [g for g in split_gold(ids) if g != "-1"]

@@ -18,8 +18,12 @@ def _stay_on_loopback() -> None:
 
 
 def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to RAY_ADDRESS / a running cluster (as under `ray job submit`), or start a local
-    Ray on 127.0.0.1 with no dashboard. A no-op when Ray is already initialized."""
+    """Connect to RAY_ADDRESS (as under `ray job submit`), or start a local Ray on 127.0.0.1 with
+    no dashboard. A no-op when Ray is already initialized.
+
+    Without RAY_ADDRESS, `ray.init()` would join the Ray that `ray start` last recorded in its
+    temp directory (/tmp/ray/ray_current_cluster) when it still runs, whatever addresses that one
+    listens on; address="local" always starts this run's own."""
     import ray
 
     if ray.is_initialized():
@@ -28,8 +32,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         return
     _stay_on_loopback()
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     address = ray.util.get_node_ip_address()
     if address != "127.0.0.1":
         ray.shutdown()

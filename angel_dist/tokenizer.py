@@ -20,6 +20,7 @@ from angel_dist.atomic import atomic_path, write_json
 from angel_dist.kb.table import kb_fingerprint, read_kb_meta
 
 BART_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+MIN_VOCAB_SIZE = len(BART_SPECIAL_TOKENS) + 256 + 1  # the special tokens, every byte, and one merge
 INFO_FILE = "angel_tokenizer.json"
 
 
@@ -65,8 +66,8 @@ def train_tokenizer(kb_path: str | Path, vocab_size: int, out_dir: str | Path,
     """Train a byte-level BPE on the KB's names and definitions and save it to `out_dir`."""
     kb_path = Path(kb_path)
     meta = read_kb_meta(kb_path)
-    if vocab_size <= len(BART_SPECIAL_TOKENS) + 256:
-        raise ValueError(f"vocab_size must exceed {len(BART_SPECIAL_TOKENS) + 256} (special tokens + bytes)")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (special tokens, bytes and a merge)")
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(_kb_texts(kb_path), vocab_size=vocab_size, min_frequency=min_frequency,
                             special_tokens=BART_SPECIAL_TOKENS, show_progress=progress)

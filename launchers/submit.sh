@@ -9,6 +9,9 @@
 #   ENTRYPOINT_CPUS    CPUs reserved for the driver (default 1); ENTRYPOINT_GPUS likewise (default 0)
 #   ANGEL_ENV_JSON     extra runtime-env env_vars as a JSON object, e.g. '{"HF_HOME": "/shared/hf"}'
 #   NO_WAIT=1          return once submitted (follow with `ray job logs -f <id>`: stages, training progress)
+#   RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token)
+#                      for a cluster with Ray's token authentication on (the Slurm and KubeRay
+#                      launchers turn it on): `ray job submit` sends the token with the job
 #
 # The working directory (this checkout) is uploaded without .git, shards/ and runs/; resubmitting
 # the same recipe and overrides on the same RUN_DIR resumes the run.

@@ -51,18 +51,47 @@ def test_console_script_is_installed():
     assert out.returncode == 0 and "kb" in out.stdout and "trie" in out.stdout
 
 
+def test_cli_empty_inputs_stop_unless_allowed_and_out_may_not_be_a_directory(tmp_path, capsys):
+    medic = tmp_path / "medic.txt"
+    medic.write_text("D1||Fever|Pyrexia\nD2||Heart failure\n")
+    kb = tmp_path / "kb.parquet"
+    assert main(["kb", "build", "--format", "medic", str(medic), "--out", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a directory" in capsys.readouterr().err
+    assert main(["kb", "build", "--format", "medic", str(medic), "--out", str(kb)]) == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert main(["kb", "build", "--format", "medic", str(empty), "--out", str(tmp_path / "e.parquet")]) == 2
+    assert "empty.txt: no concepts read" in capsys.readouterr().err and not (tmp_path / "e.parquet").exists()
+    assert main(["kb", "build", "--format", "medic", str(empty), "--out", str(tmp_path / "e.parquet"),
+                 "--allow-empty"]) == 0
+    assert "0 concepts" in capsys.readouterr().out
+    assert main(["tokenizer", "train", str(kb), "--vocab-size", "280", "--min-frequency", "1",
+                 "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    pubtator = tmp_path / "split.txt"
+    pubtator.write_text("1|t|Fever.\n1\t0\t5\tFever\tChemical\tD1\n")
+    out = tmp_path / "shards"
+    assert main(["corpus", "mentions", "--pubtator", str(pubtator), "--kb", str(kb), "--tokenizer",
+                 str(tmp_path / "tok"), "--out", str(out), "--entity-type", "Disease", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "split.txt: no examples (" in err and "other_entity_type 1" in err and "--allow-empty" in err
+    assert not out.exists()
+
+
 # -- every command line the README and the launchers show parses with the real parser --------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
 _SHELL_VALUES = {'"$recipe"': "launchers/recipes/demo-hpo.yaml", '"$run_dir"': "runs/demo", '"$@"': "kb.limit=10"}
 
 
-def _commands(text: str) -> list[str]:
-    """`angel ...` invocations in one (continuation-joined) line: at its start, after `&&`, `--`, a comment's
-    `#` or `# =`, a YAML key or a backquote."""
+def _commands(text: str, usage_comments: bool = False) -> list[str]:
+    """`angel ...` invocations in one (continuation-joined) line: at its start, after `&&`, a pipe, `--`, a
+    `# =` comment (or any comment, in launchers, whose comments show usage), a YAML key or a backquote; up
+    to a comment, `&&`, a pipe or a backquote."""
     for var, value in _SHELL_VALUES.items():
         text = text.replace(var, value)
-    return [m.group(1).strip() for m in re.finditer(r"(?:^|&&|--|#\s*=?|:|`)\s*(angel\s+[a-z].*?)(?=\s+#|\s+&&|`|$)", text)]
+    comment = r"#\s*=?" if usage_comments else r"#\s*="
+    return [m.group(1).strip() for m in re.finditer(rf"(?:^|&&|\||--|{comment}|:|`)\s*(angel\s+[a-z].*?)"
+                                                     r"(?=\s+#|\s+&&|\s+\||`|$)", text)]
 
 
 def _readme_command_lines() -> tuple[list[str], list[str]]:
@@ -101,17 +130,18 @@ def test_every_command_line_of_the_readme_and_the_launchers_parses():
     from angel_dist.pipeline import load_recipe
 
     blocks, spans = _readme_command_lines()
-    block_lines = [line for line in blocks if re.search(r"\bangel\s+[a-z]", line)]
+    # A comment in a code block is prose (`# angel serve batched vs ...`) unless it shows a command (`# = angel ...`).
+    block_lines = [line for line in blocks if re.search(r"\bangel\s+[a-z]", re.sub(r"\s#(?!\s*=).*$", "", line))]
     launcher_lines = _launcher_lines()
     commands = []
     for where, lines in (("README code block", block_lines), ("launchers", launcher_lines)):
         for line in lines:
-            found = _commands(line)
+            found = _commands(line, usage_comments=where == "launchers")
             assert found, f"{where}: no `angel` command recognized in {line!r}"  # never skipped silently
             commands += found
     commands += spans
     # What the README and launchers hold today (more is fine, fewer means lines went unseen).
-    assert len(block_lines) >= 23 and len(spans) >= 2 and len(launcher_lines) >= 4 and len(commands) >= 30
+    assert len(block_lines) >= 29 and len(spans) >= 4 and len(launcher_lines) >= 4 and len(commands) >= 38
     for command in commands:
         for argv in _argv_variants(command):
             try:
@@ -119,7 +149,7 @@ def test_every_command_line_of_the_readme_and_the_launchers_parses():
             except SystemExit:
                 raise AssertionError(f"does not parse: {command!r}") from None
             if args.group == "run" and (ROOT / args.recipe).exists():
-                load_recipe(ROOT / args.recipe, args.overrides)  # the overrides name real recipe keys
+                load_recipe(ROOT / args.recipe, args.overrides, inputs=False)  # the overrides name real keys
     assert any(c.startswith("angel run") and "=" in c.split("--run-dir")[-1] for c in commands)
 
 

@@ -247,6 +247,35 @@ def test_bad_pubtator_input_names_file_and_line(tmp_path):
         list(read_pubtator(tmp_path / "x.pubtator"))
 
 
+@pytest.mark.parametrize("start, end", [(-3, 5), (12, 5), (5, 5), (30, 40), (0, 10_000)])
+def test_pubtator_offsets_outside_the_text_or_inverted_are_bad_input(tmp_path, start, end):
+    path = _pubtator(tmp_path, GOOD + f"2|t|Short title.\n2\t{start}\t{end}\tShort\tDisease\tD1\n")
+    with pytest.raises(BadInputError, match=rf"x.pubtator:7: mention offsets {start}:{end}: expected 0 <= start "
+                                            rf"< end <= 12"):
+        list(read_pubtator(path))
+    policy = BadInputPolicy("skip")
+    assert [len(d.mentions) for d in read_pubtator(path, policy)] == [2, 0] and policy.total_skipped == 1
+
+
+def test_a_repeated_document_is_dropped_and_counted_when_identical_and_bad_input_otherwise(tmp_path):
+    counts = Counter()
+    path = _pubtator(tmp_path, GOOD + "2|t|Other.\n\n" + GOOD)
+    assert [d.pmid for d in read_pubtator(path, counts=counts)] == ["1", "2"]
+    assert counts["repeated_documents_dropped"] == 1
+    changed = GOOD.replace("D001260", "D000001")
+    path = _pubtator(tmp_path, GOOD + "2|t|Other.\n\n" + changed + "1|t|Again\n")
+    with pytest.raises(BadInputError, match="x.pubtator:8: document 1 appears again with other content "
+                                            r"\(first at line 1\)"):
+        list(read_pubtator(path))
+    policy = BadInputPolicy("skip")
+    docs = list(read_pubtator(path, policy))
+    assert [(d.pmid, d.mentions[0].ids if d.mentions else None) for d in docs] == [("1", "D001260"), ("2", None)]
+    assert policy.total_skipped == 2  # the changed block, and the title-only one after it
+    path = _pubtator(tmp_path, "1|t|A title.\n1|t|Another title.\n1|a|Text.\n")
+    with pytest.raises(BadInputError, match=r"x.pubtator:2: a second '\|t\|' line for document 1"):
+        list(read_pubtator(path))
+
+
 def test_unlinked_and_other_types_are_counted(tmp_path):
     path = _pubtator(tmp_path, GOOD + "3|t|Aspirin.\n3\t0\t7\tAspirin\tChemical\tD001241\n")
     kb = KbIndex(_table({"D001260": ["ataxia telangiectasia", "louis bar syndrome"]}))

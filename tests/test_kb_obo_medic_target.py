@@ -2,14 +2,15 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from angel_dist.errors import BadInputError, BadInputPolicy
-from angel_dist.kb.build import embedded_source
+from angel_dist.kb.build import KbBuildConfig, build_kb, embedded_source
 from angel_dist.kb.medic import read_medic
 from angel_dist.kb.obo import OboConfig, read_obo
-from angel_dist.kb.table import assemble_kb
+from angel_dist.kb.table import assemble_kb, read_kb
 from angel_dist.kb.target_kb import read_target_kb, write_target_kb
 from conftest import DATA, needs_data
 
@@ -166,3 +167,95 @@ def test_target_kb_bad_input(tmp_path):
     with pytest.raises(BadInputError) as err:
         read_target_kb(path, BadInputPolicy())
     assert err.value.line == 2
+
+
+def _skipped_lines(policy):
+    return [int(e.split(": ")[0].rsplit(":", 1)[1]) for e in policy.examples]
+
+
+def test_obo_terms_that_cannot_be_trusted_are_named_and_skipped_whole(tmp_path):
+    path = tmp_path / "t.obo"
+    path.write_text('[Term]\nid: T:1\nname: One\n\n[Term]\nid: T:2\nid: T:3\nname: Two\n\n'
+                    '[Term]\nid: T:1\nname: One again\n\n[Term]\nid: T:4\nname: Four\nname: Four again\n\n'
+                    '[Tern]\nid: T:5\nname: Five\n\n[Term]\nid: T:6\nname: Six\n')
+    with pytest.raises(BadInputError, match=r"t.obo:7: id: a second id in the \[Term\] of line 5"):
+        read_obo(path, OboConfig(), BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    names, attributes, info = read_obo(path, OboConfig(), policy)
+    assert list(kb_of((names, attributes, info))) == ["T:1", "T:6"]
+    assert kb_of((names, attributes, info))["T:1"]["names"] == ["one"]
+    assert _skipped_lines(policy) == [7, 11, 17, 19]
+    assert "id T:1 is already defined at line 2" in policy.examples[1]
+    counts = info["counts"]
+    assert (counts["term_stanzas"], counts["terms"], counts["terms_skipped"]) == (5, 2, 3)
+
+
+@pytest.mark.parametrize("clause, problem", [
+    ('def: "Heart disease. [PMID:1]', "unterminated quoted string"),  # the closing quote is missing
+    ('def: "Heart disease. [url:"http://x"]', "after the quoted text"),  # ... and a quote follows later
+    ('def: "Heart "big" disease." [PMID:1]', "after the quoted text"),  # an unescaped quote inside
+    ('def: "Heart"[x] disease." [PMID:1]', "after the quoted text"),
+    ('synonym: "Heart "big" disease" EXACT []', "expected a scope"),
+    ('synonym: "heart disease" EXACT [PMID:1', "[ without its closing ]"),
+])
+def test_obo_quoted_text_is_never_kept_truncated(tmp_path, clause, problem):
+    path = tmp_path / "t.obo"
+    path.write_text(f"[Term]\nid: T:1\nname: Heart disease\n{clause}\n")
+    with pytest.raises(BadInputError, match=re.escape(f"t.obo:4: {clause.split(':')[0]}: ") + ".*" + re.escape(problem)):
+        read_obo(path, OboConfig(), BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    kb = kb_of(read_obo(path, OboConfig(), policy))
+    assert policy.total_skipped == 1 and kb["T:1"]["definitions"] == [] and kb["T:1"]["names"] == ["heart disease"]
+
+
+def test_medic_duplicate_concept_names_its_line_and_is_skippable(tmp_path):
+    path = tmp_path / "medic.txt"
+    path.write_text("D1||One|Uno\nD2||Two\nMESH:D1|123||One again\n")
+    with pytest.raises(BadInputError, match=r"medic.txt:3: concept D1 is already defined at line 1"):
+        read_medic(path, BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    kb = kb_of(read_medic(path, policy))
+    assert policy.total_skipped == 1 and kb["D1"]["names"] == ["one", "uno"] and list(kb) == ["D1", "D2"]
+
+
+def test_target_kb_repeated_keys_deep_nesting_and_concepts_without_names(tmp_path):
+    path = tmp_path / "kb.json"
+    path.write_text('{"D1": ["a"], "D2": [], "D1": ["b"], "D3": {"x": ["c"]}, "D4": ["d"]}')
+    with pytest.raises(BadInputError, match="kb.json: concept 'D1' appears more than once"):
+        read_target_kb(path, BadInputPolicy())
+    policy = BadInputPolicy("skip")
+    names, attributes, info = read_target_kb(path, policy)
+    table, counts = assemble_kb(names, attributes)
+    assert table["cui"].to_pylist() == ["D1", "D4"] and table["names"].to_pylist() == [["a"], ["d"]]
+    assert counts["concepts_without_names"] == 1 and policy.total_skipped == 2  # D2 counted; D1 again, D3
+    assert info["counts"]["concepts_read"] == table.num_rows + counts["concepts_without_names"] + policy.total_skipped
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BadInputError, match="kb.json: JSON nested too deeply"):
+        read_target_kb(path, BadInputPolicy("skip"))
+
+
+def test_kb_build_refuses_empty_results_and_a_directory_out(tmp_path):
+    obo = tmp_path / "empty.obo"
+    obo.write_text("format-version: 1.2\n\n[Term]\nid: T:1\nid: T:2\n")
+    out = tmp_path / "kb.parquet"
+    with pytest.raises(BadInputError, match=r"empty.obo: no concepts read \(1 bad record\(s\) skipped\); expected "
+                                            r"at least one \(--allow-empty"):
+        build_kb(KbBuildConfig(format="obo", source=str(obo), out=str(out), on_bad_input="skip"), progress=False)
+    assert not out.exists()
+    meta, _ = build_kb(KbBuildConfig(format="obo", source=str(obo), out=str(out), on_bad_input="skip",
+                                     allow_empty=True), progress=False)
+    assert meta["concepts"] == 0 and read_kb(out).num_rows == 0
+    medic = tmp_path / "medic.txt"
+    medic.write_text("# only comments\n")
+    with pytest.raises(BadInputError, match="medic.txt: no concepts read; expected at least one"):
+        build_kb(KbBuildConfig(format="medic", source=str(medic), out=str(out)), progress=False)
+    with pytest.raises(ValueError, match=f"{tmp_path}: is a directory; expected the path of a file"):
+        build_kb(KbBuildConfig(format="medic", source=str(medic), out=str(tmp_path)), progress=False)
+
+
+def test_names_keep_the_order_they_are_read_in():
+    # Arrow's group_by reordered these (c, f, e) although it ran without threads.
+    names = pa.table({"cui": ["C3", "C3", "C3", "C1", "C3", "C1"], "name": ["c", "e", "f", "x", "E", "y"]})
+    table, counts = assemble_kb(names, pa.table({"cui": ["C1", "C2", "C3"]}))
+    assert table["cui"].to_pylist() == ["C3", "C1"] and table["names"].to_pylist() == [["c", "e", "f"], ["x", "y"]]
+    assert counts["concepts_without_names"] == 1

@@ -176,3 +176,44 @@ def test_missing_mrconso_is_a_clear_error(tmp_path):
     (tmp_path / "META").mkdir()
     with pytest.raises(FileNotFoundError, match="MRCONSO.RRF"):
         build(tmp_path, tmp_path / "META")
+
+
+def test_empty_mrconso_or_mrsty_is_named_unless_empty_is_allowed(tmp_path):
+    meta = write_meta(tmp_path, [conso("C1", "A1", "Fever")], [])
+    with pytest.raises(BadInputError, match=r"MRSTY.RRF: no concepts read; expected at least one \(--allow-empty"):
+        build(tmp_path, meta)
+    (meta / "MRCONSO.RRF").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"MRCONSO.RRF, .*MRSTY.RRF: no concepts read"):
+        build(tmp_path, meta)
+    out = tmp_path / "empty.parquet"
+    meta_written, _ = build_kb(KbBuildConfig(format="umls", source=str(meta), out=str(out), allow_empty=True),
+                               progress=False)
+    assert meta_written["concepts"] == 0 and read_kb(out).num_rows == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "not gzip"])
+def test_corrupt_gzip_names_the_file(tmp_path, damage):
+    rows = [conso("C1", f"A{i}", f"Fever {i}") for i in range(2000)]
+    meta = write_meta(tmp_path, rows, [sty("C1", "T184", "A2.2.2")], compress=True)
+    packed = (meta / "MRCONSO.RRF.gz").read_bytes()
+    broken = {"truncated": packed[: len(packed) // 2], "flipped": packed[:200] + bytes([packed[200] ^ 0xFF]) + packed[201:],
+              "not gzip": b"MRCONSO, but not compressed\n"}[damage]
+    (meta / "MRCONSO.RRF.gz").write_bytes(broken)
+    with pytest.raises(BadInputError, match=r"MRCONSO.RRF.gz: corrupt or truncated compressed data after line \d+"):
+        build(tmp_path, meta)
+
+
+def test_a_malformed_row_with_undecodable_bytes_is_named_and_skippable(tmp_path):
+    # pyarrow cannot pass such a row to its invalid-row handler; the reader finds it itself.
+    path = tmp_path / "T.RRF"
+    path.write_bytes(b"C1|a|\nC2|b\xff|extra|\nC3|c\r|\nC4|d|\n")
+    with pytest.raises(BadInputError, match=r"T.RRF:2: expected 3 '\|'-separated fields .* found 4"):
+        list(read_rrf(path, ["A", "B"], ["A", "B"], BadInputPolicy(), progress=False))
+    policy = BadInputPolicy("skip")
+    tables = list(read_rrf(path, ["A", "B"], ["A", "B"], policy, progress=False))
+    assert [e.split(": ")[0] for e in policy.examples] == [f"{path}:2", f"{path}:3"]
+    assert [row["A"] for t in tables for row in t.to_pylist()] == ["C1", "C4"]
+    path.write_bytes(b"only\xff|bad|rows|\n")
+    policy = BadInputPolicy("skip")
+    assert sum(t.num_rows for t in read_rrf(path, ["A", "B"], ["A", "B"], policy, progress=False)) == 0
+    assert policy.total_skipped == 1

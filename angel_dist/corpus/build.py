@@ -6,7 +6,6 @@ examples of a concept share a shard) or the mention (its SYN-k rows share a shar
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from angel_dist.corpus.kb_examples import KbExampleConfig, MentionScheme, kb_exa
 from angel_dist.corpus.mention_examples import KbIndex, MentionExampleConfig, mention_examples
 from angel_dist.corpus.pubtator import read_pubtator
 from angel_dist.corpus.similarity import CharTfidf
-from angel_dist.errors import BadInputPolicy
+from angel_dist.digest import file_sha256
+from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.kb.table import read_kb, read_kb_meta
 from angel_dist.keys import shard_of
 from angel_dist.shards.distributed import run_shard_tasks
@@ -58,14 +58,6 @@ def _write_examples(out: str, index: int, config_hash: str, examples: Iterable[E
             yield sample_members(encoded), len(encoded.source_ids)
 
     return write_shard(out, index, config_hash, samples(), stats)
-
-
-def _file_sha256(path: str | Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _partition(groups: list[str], n_shards: int) -> dict[int, np.ndarray]:
@@ -132,18 +124,26 @@ def _mention_shard_task(index: int, out: str, config_hash: str, tokenizer_dir: s
 def build_mention_corpus(pubtator: str | Path, kb_path: str | Path, tokenizer_dir: str, out: str | Path,
                          config: MentionExampleConfig = MentionExampleConfig(), shards: int = 4,
                          max_source_tokens: int = MAX_SOURCE_TOKENS, on_bad_input: str = "error",
-                         workers: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the examples of a benchmark split as a shard set; returns the manifest."""
+                         workers: int | None = None, overwrite: bool = False, progress: bool = True,
+                         allow_empty: bool = False) -> dict:
+    """Write the examples of a benchmark split as a shard set; returns the manifest. A split that
+    yields no example is bad input unless `allow_empty`."""
     kb_meta = read_kb_meta(kb_path)
     table = read_kb(kb_path, ["cui", "names", "alt_ids"])
     tokenizer = load_tokenizer(tokenizer_dir)
     policy = BadInputPolicy(on_bad_input)
     tfidf = CharTfidf.fit(pa.compute.list_flatten(table["names"]))
-    examples, counts = mention_examples(read_pubtator(pubtator, policy), KbIndex(table), tfidf, config)
+    read_counts = Counter()
+    examples, counts = mention_examples(read_pubtator(pubtator, policy, read_counts), KbIndex(table), tfidf, config)
+    counts.update(read_counts)
     counts["bad_input_skipped"] = policy.total_skipped
     policy.report()
+    if not examples and not allow_empty:
+        read = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no documents"
+        raise BadInputError(str(pubtator), None, f"no examples ({read}); expected at least one "
+                                                 f"(--allow-empty writes an empty shard set)")
     settings = {**asdict(config), "shards": shards, "max_source_tokens": max_source_tokens, "kind": "mention",
-                "pubtator": Path(pubtator).name, "pubtator_sha256": _file_sha256(pubtator)}
+                "pubtator": Path(pubtator).name, "pubtator_sha256": file_sha256(pubtator)}
     plan = ShardSetPlan(Path(out), "examples", shards, settings,
                         {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                          "kb_fingerprint": kb_meta["fingerprint"]})

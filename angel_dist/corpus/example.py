@@ -28,3 +28,16 @@ def mark(left: str, mention: str, right: str) -> tuple[str, tuple[int, int]]:
     head = f"{left} {START} " if left else f"{START} "
     text = f"{head}{mention} {END}" + (f" {right}" if right else "")
     return text, (len(head), len(head) + len(mention))
+
+
+def unmark(text: str) -> tuple[str, tuple[int, int]]:
+    """`left START mention END right` -> ("left mention right", the mention's span): a text
+    marked by hand (`angel link`) as a document and its one mention."""
+    words = text.split()
+    if words.count(START) != 1 or words.count(END) != 1 or words.index(START) > words.index(END) - 2:
+        raise ValueError(f"mark exactly one mention as '... {START} mention {END} ...', got {text!r}")
+    i, j = words.index(START), words.index(END)
+    left, mention, right = " ".join(words[:i]), " ".join(words[i + 1:j]), " ".join(words[j + 1:])
+    start = len(left) + 1 if left else 0
+    plain = " ".join(w for w in (left, mention, right) if w)
+    return plain, (start, start + len(mention))

@@ -10,17 +10,17 @@ gold concepts all missing from the KB (evaluation keeps those: they count as mis
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from typing import Iterable, Literal
+from dataclasses import dataclass, replace
+from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from angel_dist.corpus.example import Example, mark
-from angel_dist.corpus.pubtator import Document
+from angel_dist.corpus.pubtator import Document, Mention
 from angel_dist.corpus.sentences import sentence_spans, window
 from angel_dist.corpus.similarity import CharTfidf, top_k_per_query
-from angel_dist.gold import canonical_id, split_gold
+from angel_dist.gold import canonical_id, gold_concepts
 from angel_dist.kb.normalize import normalize_names
 from angel_dist.keys import key_part
 
@@ -57,32 +57,47 @@ class KbIndex:
         return self._names.get(cid)
 
 
+def mention_inputs(doc: Document, mentions: Sequence[Mention], context: Context = "sentence") -> list[Example]:
+    """The model input of each of `mentions` (spans of `doc.text`): its context window with the
+    mention marked `START ... END`, whitespace collapsed, and the forced prefix `<mention> is`.
+
+    The one place a (document, span) becomes model input: benchmark corpora, `angel link`,
+    `angel annotate` and `angel serve` all call it, so a model links text exactly as it was
+    trained on it. Key, group, gold ids and meta are left for the caller."""
+    text = doc.text
+    spans = sentence_spans(text, hard_breaks=(len(doc.title),)) if context == "sentence" else None
+    out = []
+    for m in mentions:
+        lo, hi = window(spans, m.start, m.end) if spans is not None else (0, len(text))
+        mention = " ".join(text[m.start:m.end].split())
+        source, span = mark(" ".join(text[lo:m.start].split()), mention, " ".join(text[m.end:hi].split()))
+        out.append(Example(key="", group="", source=source, prefix=f"{mention} is", target="", cuis=[],
+                           kind="mention", mention_span=span, keep="around"))
+    return out
+
+
 def mention_examples(documents: Iterable[Document], kb: KbIndex, tfidf: CharTfidf,
                      config: MentionExampleConfig) -> tuple[list[Example], Counter]:
     counts: Counter = Counter()
     rows: list[tuple[Example, list[str]]] = []  # example without target, its candidate names
     for doc in documents:
         counts["documents"] += 1
-        text = doc.text
-        spans = sentence_spans(text, hard_breaks=(len(doc.title),)) if config.context == "sentence" else None
+        kept = []  # (index in the document, mention, gold ids)
         for i, m in enumerate(doc.mentions):
             counts["mentions_read"] += 1
             if config.entity_type and m.type != config.entity_type:
                 counts["other_entity_type"] += 1
                 continue
-            gold = [g for g in split_gold(m.ids) if g != "-1"]
+            gold = gold_concepts(m.ids)
             if not gold:
                 counts["unlinked_dropped"] += 1
                 continue
-            lo, hi = window(spans, m.start, m.end) if spans is not None else (0, len(text))
-            source, span = mark(" ".join(text[lo:m.start].split()), " ".join(m.text.split()),
-                                " ".join(text[m.end:hi].split()))
+            kept.append((i, m, gold))
+        for (i, m, gold), example in zip(kept, mention_inputs(doc, [m for _, m, _ in kept], config.context)):
             candidates = list(dict.fromkeys(n for g in gold for n in (kb.names(g) or ())))
             if not candidates:
                 counts["gold_missing_from_kb"] += 1
-            example = Example(key=f"m-{key_part(doc.pmid)}-{i:04d}", group=f"{doc.pmid}/{i}", source=source,
-                              prefix=f"{' '.join(m.text.split())} is", target="", cuis=gold, kind="mention",
-                              mention_span=span, keep="around",
+            example = replace(example, key=f"m-{key_part(doc.pmid)}-{i:04d}", group=f"{doc.pmid}/{i}", cuis=gold,
                               meta={"document": doc.pmid, "start": m.start, "end": m.end, "type": m.type,
                                     "mention": m.text, "line": m.line})
             rows.append((example, candidates))

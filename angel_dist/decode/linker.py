@@ -1,11 +1,15 @@
 """A loaded linker: model + trie + name table -> the top-k KB names of examples, with CUIs.
 
-What mining, evaluation and `angel link` share. The trie's arrays stay memory-mapped (one
-copy per node in the page cache, however many actors open them).
+What mining, evaluation, `angel link`, `angel annotate` and `angel serve` share. Text with
+mention spans becomes model input through the benchmark corpora's own function
+(`corpus.mention_examples.mention_inputs`), with the context and length the model was trained
+with (a bundle records them). The trie's arrays stay memory-mapped (one copy per node in the
+page cache, however many actors open them).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +17,10 @@ import numpy as np
 import torch
 
 from angel_dist.allocator import retain_freed_memory
+from angel_dist.corpus.encode import MAX_SOURCE_TOKENS, Encoded, encode_examples
+from angel_dist.corpus.example import unmark
+from angel_dist.corpus.mention_examples import Context, mention_inputs
+from angel_dist.corpus.pubtator import Document, Mention
 from angel_dist.decode.beam import BeamSearch, SearchStats
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -28,13 +36,67 @@ class Prediction:
     logp: float
 
 
+def as_json(text: str, start: int, end: int, predictions: list[Prediction]) -> dict:
+    """One linked mention as `angel link --json`, `angel annotate` and `angel serve` write it."""
+    return {"mention": text[start:end], "start": start, "end": end, "names": [p.name for p in predictions],
+            "ids": [list(p.cuis) for p in predictions], "scores": [p.score for p in predictions]}
+
+
+def spans_problem(text, spans, max_spans: int | None = None) -> str | None:
+    """What is wrong with `text` and `spans` (from JSON) as a text and its mention spans, or None:
+    a string of valid Unicode, and a list of [start, end] character offsets with
+    0 <= start < end <= len(text), each covering more than whitespace."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's \ud800 escapes decode to unpaired surrogates
+        return f"text is not valid Unicode ({e.reason} at character {e.start})"
+    if not isinstance(spans, list):
+        return f"spans must be a list of [start, end] pairs, got {type(spans).__name__}"
+    if max_spans is not None and len(spans) > max_spans:
+        return f"at most {max_spans} spans per text, got {len(spans)}"
+    for i, span in enumerate(spans):
+        if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span)):
+            return f"spans[{i}] must be [start, end] with integer offsets"
+        start, end = span
+        if not 0 <= start < end <= len(text):
+            return f"spans[{i}] = [{start}, {end}]: need 0 <= start < end <= {len(text)} (the text's length)"
+        if not text[start:end].strip():
+            return f"spans[{i}] = [{start}, {end}] covers only whitespace"
+    return None
+
+
+def text_document(text: str, spans: Sequence[tuple[int, int]], key: str = "") -> Document:
+    """A plain text and its mention spans as the Document the input function reads."""
+    return Document(key, title=text, mentions=[Mention(s, e, text[s:e], "", "", 0) for s, e in spans])
+
+
+def linker_files(model: str | Path, trie: str | Path | None = None, verify: bool = True) -> dict:
+    """Linker arguments for `--model` (a bundle, a model directory or a training run directory)
+    and `--trie` (default: the bundle's): the model and trie directories, and a bundle's input
+    settings. A bundle is checked against its manifest first."""
+    from angel_dist.bundle import TRIE_DIR, is_bundle, read_bundle
+    from angel_dist.train.export import model_directory
+
+    if is_bundle(model):
+        inputs = read_bundle(model, verify)["inputs"]
+        return {"model_dir": str(model), "trie_dir": str(trie or Path(model) / TRIE_DIR), "context": inputs["context"],
+                "max_source_tokens": inputs["max_source_tokens"]}
+    if trie is None:
+        raise ValueError(f"{model} is not a linker bundle (no bundle.json): give the trie (--trie DIR), or make a "
+                         f"bundle with `angel export`")
+    return {"model_dir": str(model_directory(model)), "trie_dir": str(trie)}
+
+
 def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 class Linker:
     def __init__(self, model_dir: str | Path, trie_dir: str | Path, beams: int = 10, batch_size: int = 32,
-                 device: str | None = None, tokenizer: str | Path | None = None):
+                 device: str | None = None, tokenizer: str | Path | None = None, context: Context = "sentence",
+                 max_source_tokens: int = MAX_SOURCE_TOKENS):
         self.tokenizer = load_tokenizer(tokenizer or model_dir)
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
         self.device = pick_device(device)
@@ -47,7 +109,19 @@ class Linker:
         self.model = load_model(model_dir, self.tokenizer).to(self.device, dtype).eval()
         table = self.trie.names()
         self._names, self._cuis = table["name"], table["cuis"]
+        self.beams = beams
         self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size)
+        self.context, self.max_source_tokens = context, max_source_tokens
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, verify: bool = True, **options) -> "Linker":
+        """The linker of a bundle (`angel export`): its model, trie and input settings, after
+        checking its files against its manifest (sizes; sha256 too with `verify`)."""
+        from angel_dist.bundle import is_bundle
+
+        if not is_bundle(directory):
+            raise FileNotFoundError(f"{directory}: not a linker bundle (no bundle.json); `angel export` makes one")
+        return cls(**linker_files(directory, verify=verify), **options)
 
     def predict(self, sources: list[np.ndarray], prefixes: list[np.ndarray],
                 stats: SearchStats | None = None) -> list[list[Prediction]]:
@@ -64,21 +138,27 @@ class Linker:
             out.append(row)
         return out
 
-    def link(self, text: str) -> list[Prediction]:
-        """The top names for one text marking its mention as `START mention END`."""
-        from angel_dist.corpus.encode import encode_examples
-        from angel_dist.corpus.example import END, START, Example
+    def encode(self, documents: Sequence[Document]) -> list[Encoded]:
+        """Model inputs of every mention of each document, in order."""
+        examples = [e for doc in documents for e in mention_inputs(doc, doc.mentions, self.context)]
+        return encode_examples(examples, self.tokenizer, self.max_source_tokens)
 
-        words = text.split()
-        if words.count(START) != 1 or words.count(END) != 1 or words.index(START) > words.index(END) - 2:
-            raise ValueError(f"mark exactly one mention as '... {START} mention {END} ...', got {text!r}")
-        mention = " ".join(words[words.index(START) + 1:words.index(END)])
-        source = " ".join(words)
-        begin = source.index(f"{START} ") + len(START) + 1
-        example = Example(key="link", group="link", source=source, prefix=f"{mention} is", target="", cuis=[],
-                          kind="mention", mention_span=(begin, begin + len(mention)), keep="around")
-        encoded = encode_examples([example], self.tokenizer)[0]
-        return self.predict([encoded.source_ids], [encoded.prefix_ids])[0]
+    def link_documents(self, documents: Sequence[Document]) -> list[list[list[Prediction]]]:
+        """The top names of every mention of each document, from one search over them all."""
+        encoded = self.encode(documents)
+        found = self.predict([e.source_ids for e in encoded], [e.prefix_ids for e in encoded]) if encoded else []
+        out, i = [], 0
+        for doc in documents:
+            out.append(found[i:i + len(doc.mentions)])
+            i += len(doc.mentions)
+        return out
+
+    def link(self, texts: Sequence[str]) -> list[list[Prediction]]:
+        """The top names for each text marking its one mention as `START mention END`."""
+        if isinstance(texts, str):
+            raise TypeError("link() takes a list of texts")
+        documents = [text_document(plain, [span]) for plain, span in map(unmark, texts)]
+        return [found[0] for found in self.link_documents(documents)]
 
     def name_ids(self, names: list[str]) -> list[np.ndarray]:
         """`tok(" " + name) + [eos]` of each name: the trie's token form."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from angel_dist.errors import BadInputPolicy, OnBadInput
-from angel_dist.kb.table import assemble_kb, write_kb
+from angel_dist.errors import BadInputError, BadInputPolicy, OnBadInput
+from angel_dist.kb.table import assemble_kb, check_file_out, write_kb
 from angel_dist.kb.umls import UmlsConfig
+from angel_dist.typed import check_fields
 
-FORMATS = ("umls", "obo", "medic", "target-kb")
+KbFormat = Literal["umls", "obo", "medic", "target-kb"]
+FORMATS = typing.get_args(KbFormat)
 
 
 def embedded_source(name: str) -> Path | None:
@@ -21,28 +25,37 @@ def embedded_source(name: str) -> Path | None:
     return None
 
 
+def resolve_source(format: str, source: str) -> Path:
+    """The path a build of `format` reads for `source`; FileNotFoundError when there is none."""
+    path = Path(source)
+    if format == "obo" and not path.exists() and embedded_source(source) is not None:
+        path = embedded_source(source)
+    if format == "umls" and not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such directory (expected a UMLS META directory)")
+    if format != "umls" and not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
 @dataclass
 class KbBuildConfig:
-    format: str
+    format: KbFormat
     source: str
     out: str
     on_bad_input: OnBadInput = "error"
     umls: UmlsConfig = field(default_factory=UmlsConfig)
     synonym_scopes: tuple[str, ...] = ("EXACT", "RELATED")
+    allow_empty: bool = False  # write a KB without concepts instead of stopping
 
     def __post_init__(self):
-        if self.format not in FORMATS:
-            raise ValueError(f"unknown KB format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        check_fields(self)
 
 
 def build_kb(config: KbBuildConfig, progress: bool = True) -> tuple[dict, BadInputPolicy]:
     """Read `config.source`, write the KB table to `config.out`; returns (metadata, policy)."""
     policy = BadInputPolicy(config.on_bad_input)
-    source = Path(config.source)
-    if config.format == "obo" and not source.exists() and embedded_source(config.source) is not None:
-        source = embedded_source(config.source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such {'directory' if config.format == 'umls' else 'file'}")
+    check_file_out(config.out)
+    source = resolve_source(config.format, config.source)
     if config.format == "umls":
         from angel_dist.kb.umls import read_umls
 
@@ -60,7 +73,15 @@ def build_kb(config: KbBuildConfig, progress: bool = True) -> tuple[dict, BadInp
 
         names, attributes, info = read_target_kb(source, policy)
     table, counts = assemble_kb(names, attributes)
+    empty_files = info.pop("empty_files", [])
+    if table.num_rows == 0 and not config.allow_empty:
+        policy.report()
+        why = ", ".join(f"{n} {what}" for n, what in ((policy.total_skipped, "bad record(s) skipped"),
+                                                     (counts["concepts_without_names"], "concept(s) without a name"))
+                        if n)
+        raise BadInputError(", ".join(empty_files) or str(source), None,
+                            f"no concepts read{f' ({why})' if why else ''}; expected at least one "
+                            f"(--allow-empty writes an empty KB)")
     info = dict(info, format=config.format, source=str(source), build_config=asdict(config))
     info["counts"] = dict(info.get("counts", {}), **counts, bad_input_skipped=policy.total_skipped)
     return write_kb(table, config.out, info), policy
-

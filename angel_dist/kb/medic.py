@@ -24,6 +24,7 @@ def medic_id(raw: str) -> str:
 def read_medic(path: str | Path, policy: BadInputPolicy) -> tuple[pa.Table, pa.Table, dict]:
     """Return (names, attributes, info) for `assemble_kb`."""
     cuis, names, attr_cui, alt_ids = [], [], [], []
+    first_line: dict[str, int] = {}
     with open(path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
@@ -38,6 +39,10 @@ def read_medic(path: str | Path, policy: BadInputPolicy) -> tuple[pa.Table, pa.T
             if not sep or not all(ids):
                 policy.bad(str(path), number, "expected 'ID[|ID...]||Name[|Synonym...]'")
                 continue
+            if ids[0] in first_line:
+                policy.bad(str(path), number, f"concept {ids[0]} is already defined at line {first_line[ids[0]]}")
+                continue
+            first_line[ids[0]] = number
             attr_cui.append(ids[0])
             alt_ids.append(ids[1:])
             for name in rest.split("|"):

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 from tqdm import tqdm
 
-from angel_dist.errors import BadInputPolicy
+from angel_dist.errors import BadInputError, BadInputPolicy
 
 BLOCK_BYTES = 64 << 20
 
@@ -37,7 +37,12 @@ def _blocks(path: Path, block_bytes: int) -> Iterator[tuple[int, bytes]]:
     carry = b""
     with pa.input_stream(str(path)) as stream:  # decompresses .gz by extension
         while True:
-            chunk = stream.read(block_bytes)
+            try:
+                chunk = stream.read(block_bytes)
+            except OSError as e:  # the decompressor's message names neither the file nor where
+                read = lines_before + carry.count(b"\n")
+                raise BadInputError(str(path), None, f"corrupt or truncated compressed data after line {read}: "
+                                                     f"{e}") from None
             if not chunk:
                 break
             data = carry + chunk
@@ -76,35 +81,63 @@ def read_rrf(
 
 
 def _parse_block(path, block: bytes, lines_before: int, names, keep, policy) -> pa.Table:
-    bad_lines: list[int] = []
-    raised: list[Exception] = []
+    dropped: list[tuple[int, int]] = []
+    if not _is_utf8(block):
+        # pyarrow cannot hand a row with undecodable bytes to the invalid-row handler: count fields here.
+        block, dropped = _drop_malformed(block, lines_before, len(names))
+        _report(path, dropped, len(names), policy)
+    found: list[tuple[int | None, int]] = []  # (line, fields) of each malformed row, in file order
     search_from = 0
 
     def invalid_row(row):
         nonlocal search_from
         # The handler is told the row's text but not its position: find it in the block.
-        pos = block.find(row.text.encode("utf-8", "surrogateescape"), search_from)
+        pos = block.find(row.text.encode("utf-8"), search_from)
         line = lines_before + block.count(b"\n", 0, pos) + 1 if pos >= 0 else None
         search_from = pos + 1 if pos >= 0 else search_from
-        try:
-            policy.bad(str(path), line, f"expected {len(names)} '|'-separated fields "
-                                        f"(a trailing '|' included), found {row.actual_columns}")
-        except Exception as e:  # pyarrow swallows exceptions raised in the handler
-            raised.append(e)
-            return "error"
-        bad_lines.append(line if line is not None else -1)
-        return "skip"
+        found.append((line, row.actual_columns))
+        # Reported after the read: pyarrow swallows what a handler raises.
+        return "error" if policy.mode == "error" else "skip"
 
     try:
         table = _read_block(block, names, keep, invalid_row)
+    except pa.ArrowInvalid as e:
+        _report(path, found, len(names), policy)  # in error mode the handler stopped the read at the first
+        raise BadInputError(str(path), None, f"unreadable as RRF after line {lines_before}: {e}") from None
+    _report(path, found, len(names), policy)
+    skipped = sorted([line for line, _ in dropped] + [line if line is not None else -1 for line, _ in found])
+    return _decode_utf8(path, table, lines_before, skipped, policy)
+
+
+def _is_utf8(block: bytes) -> bool:
+    """Whether the block is valid UTF-8, checked by Arrow in place."""
+    offsets = pa.py_buffer(np.array([0, len(block)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(block)]).validate(full=True)
     except pa.ArrowInvalid:
-        if raised:
-            raise raised[0] from None
-        raise
-    return _decode_utf8(path, table, lines_before, sorted(bad_lines), policy)
+        return False
+    return True
+
+
+def _report(path, found, n_fields: int, policy) -> None:
+    for line, fields in found:
+        policy.bad(str(path), line, f"expected {n_fields} '|'-separated fields (a trailing '|' included), found {fields}")
+
+
+def _drop_malformed(block: bytes, lines_before: int, n_fields: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """The block without its lines of another field count, and (line, fields) of those. A line with a
+    carriage return inside is dropped too: pyarrow would read it as two rows."""
+    lines = block.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    bad = {i for i, line in enumerate(lines) if line.count(b"|") + 1 != n_fields or b"\r" in line[:-1]}
+    found = [(lines_before + i + 1, lines[i].count(b"|") + 1) for i in sorted(bad)]
+    return b"".join(line + b"\n" for i, line in enumerate(lines) if i not in bad), found
 
 
 def _read_block(block: bytes, names, keep, invalid_row) -> pa.Table:
+    if not block:  # pyarrow refuses an empty CSV
+        return pa.schema([(c, pa.binary()) for c in keep]).empty_table()
     return pcsv.read_csv(
         pa.py_buffer(block),
         # Single-threaded so that the invalid-row handler is called in file order.

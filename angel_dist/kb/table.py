@@ -45,12 +45,11 @@ def assemble_kb(names: pa.Table, attributes: pa.Table | None = None) -> tuple[pa
     normalized = normalize_names(names["name"])
     nonempty = pc.fill_null(pc.greater(pc.utf8_length(normalized), 0), False)
     long = pa.table({"cui": names["cui"], "name": normalized}).filter(nonempty)
-    all_cuis = pc.unique(names["cui"])
-    # Without threads, group_by keeps first-appearance order: this deduplicates within a
-    # concept keeping the first (preferred) occurrence, then gathers names per concept.
-    pairs = long.group_by(["cui", "name"], use_threads=False).aggregate([])
-    grouped = pairs.group_by("cui", use_threads=False).aggregate([("name", "list")])
-    table = pa.table({"cui": grouped["cui"], "names": grouped["name_list"]})
+    # A concept may appear only among the attributes (a term whose names were all empty or absent).
+    ids = [names["cui"]] + ([attributes["cui"]] if attributes is not None else [])
+    all_cuis = pc.unique(pa.chunked_array([c for col in ids for c in pa.chunked_array(col).chunks], pa.string()))
+    cuis, lists = distinct_lists(long["cui"], long["name"])
+    table = pa.table({"cui": cuis, "names": lists})
     counts = {
         "name_rows": names.num_rows,
         "empty_names_dropped": names.num_rows - long.num_rows,
@@ -71,6 +70,20 @@ def assemble_kb(names: pa.Table, attributes: pa.Table | None = None) -> tuple[pa
         else:
             columns[name] = pa.array([[]] * table.num_rows, _STR_LIST)
     return pa.table(columns, schema=SCHEMA), counts
+
+
+def distinct_lists(keys: pa.Array | pa.ChunkedArray, values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.ListArray]:
+    """Each distinct key, in the order keys first appear, with its distinct values in the order they
+    first appear: (keys, list array). The order comes from row numbers, not from Arrow's hash
+    group_by, which keeps it for some inputs only, threads or not."""
+    rows = pa.table({"key": keys, "value": values, "row": pa.array(np.arange(len(keys), dtype=np.int64))})
+    pairs = rows.group_by(["key", "value"], use_threads=False).aggregate([("row", "min")]).sort_by("row_min")
+    # A dictionary holds its values in the order they first appear.
+    encoded = pc.dictionary_encode(pairs["key"].combine_chunks())
+    group = encoded.indices.to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(group, minlength=len(encoded.dictionary)))])
+    values = pairs["value"].combine_chunks().take(pa.array(np.argsort(group, kind="stable")))
+    return encoded.dictionary, pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
 def fingerprint(table: pa.Table) -> str:
@@ -98,8 +111,15 @@ def _hash_strings(h, values: pa.ChunkedArray | pa.Array) -> None:
             h.update(memoryview(chunk.buffers()[2])[offsets[0]: offsets[-1]])
 
 
+def check_file_out(path: str | Path) -> None:
+    """Refuse an output path that is a directory before any work is done."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path}: is a directory; expected the path of a file to write (e.g. kb.parquet)")
+
+
 def write_kb(table: pa.Table, path: str | Path, info: dict) -> dict:
     """Write the KB table atomically; returns the metadata written (with the fingerprint)."""
+    check_file_out(path)
     table = table.cast(SCHEMA)
     meta = dict(info, schema_version=SCHEMA_VERSION, fingerprint=fingerprint(table),
                 concepts=table.num_rows, names=int(pc.sum(pc.list_value_length(table["names"])).as_py() or 0))

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.kb.rrf import find_rrf, read_rrf
+from angel_dist.kb.table import distinct_lists
 
 ST21PV_SEEDS = ("T005", "T007", "T017", "T022", "T031", "T033", "T037", "T038", "T058", "T062",
                 "T074", "T082", "T091", "T092", "T097", "T098", "T103", "T168", "T170", "T201", "T204")
@@ -129,6 +130,9 @@ def read_umls(meta_dir: str | Path, config: UmlsConfig, policy: BadInputPolicy,
         "config": {"languages": list(config.languages), "seeds": list(config.seeds),
                    "seed_tree_numbers": seed_stns, "sources": list(config.sources),
                    "drop_suppressed": config.drop_suppressed},
+        # Named by the empty-KB error: an empty MRCONSO or MRSTY selects nothing.
+        "empty_files": [str(paths[name]) for name, rows in (("MRCONSO.RRF", row_base), ("MRSTY.RRF", sty.num_rows))
+                        if rows == 0],
         "counts": {"mrconso_rows": row_base, "mrsty_rows": sty.num_rows,
                    "concepts_type_selected": len(typed_cuis), "concepts_selected": len(sourced),
                    "strings_selected": strings.num_rows, "definition_rows_kept": n_definitions},
@@ -186,13 +190,13 @@ def _concat(tables, names, types=None) -> pa.Table:
 def _lists(table: pa.Table) -> pa.Table:
     """(cui, value) rows to one row per cui with the distinct values in first-seen order."""
     cui, value = table.column_names
-    distinct = table.group_by([cui, value], use_threads=False).aggregate([])
-    return distinct.group_by(cui, use_threads=False).aggregate([(value, "list")]).rename_columns([cui, value])
+    keys, lists = distinct_lists(table[cui], table[value])
+    return pa.table({cui: keys, value: lists})
 
 
 def _merge(left: pa.Table, right: pa.Table) -> pa.Table:
     """Outer-merge two one-row-per-cui tables of list columns."""
-    cuis = pc.unique(pa.chunked_array([left["cui"], right["cui"]]))
+    cuis = pc.unique(pa.chunked_array(left["cui"].chunks + right["cui"].chunks, pa.string()))
     columns = {"cui": cuis}
     for table in (left, right):
         taken = table.take(pc.index_in(cuis, value_set=table["cui"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,8 @@ from angel_dist.mine.pool import run_pool
 from angel_dist.mine.work import FAULT_ENV, MineSettings
 from angel_dist.shards.reader import iter_shard, open_shard_sets
 from angel_dist.shards.writer import ShardSetPlan, finish, prepare, read_manifest
+from angel_dist.typed import (ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Share,
+                              check_fields)
 
 TRL_FILE = "pairs.parquet"
 
@@ -26,33 +29,28 @@ class MineConfig:
     trie: str
     data: str  # an example shard set
     out: str  # the pair shard set
-    actors: int = 1
-    beams: int = 10
-    dpo_topk: int = 5
+    actors: PositiveInt = 1
+    beams: PositiveInt = 10
+    dpo_topk: PositiveInt = 5
     gold_fallback: bool = False
-    round: int = 0
-    fraction: float = 1.0
-    seed: int = 0
-    chunk: int = 0
-    chunks: int = 1
-    batch_size: int = 32  # inputs per beam-search batch
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
+    round: NonNegativeInt = 0
+    fraction: Share = 1.0
+    seed: NonNegativeInt = 0
+    chunk: NonNegativeInt = 0
+    chunks: PositiveInt = 1
+    batch_size: PositiveInt = 32  # inputs per beam-search batch
+    cpus_per_actor: PositiveFloat = 1.0
+    gpus_per_actor: NonNegativeFloat = 0.0
+    placement: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: the actors on as many nodes as possible
     overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self):
-        if self.dpo_topk < 1 or self.beams < self.dpo_topk:
-            raise ValueError(f"need 1 <= dpo_topk <= beams, got dpo_topk={self.dpo_topk}, beams={self.beams}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
-        if self.actors < 1:
-            raise ValueError("actors must be >= 1")
-        if self.placement not in ("PACK", "SPREAD"):
-            raise ValueError(f"placement must be PACK or SPREAD, got {self.placement!r}")
-        if not 0 <= self.chunk < self.chunks:
-            raise ValueError(f"need 0 <= chunk < chunks, got chunk={self.chunk}, chunks={self.chunks}")
+        check_fields(self)
+        if self.dpo_topk > self.beams:
+            raise ConfigError("dpo_topk", f"expected at most beams ({self.beams}), got {self.dpo_topk}")
+        if self.chunk >= self.chunks:
+            raise ConfigError("chunk", f"expected less than chunks ({self.chunks}), got {self.chunk}")
 
 
 def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float) -> dict:

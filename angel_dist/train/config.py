@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Literal
 
 from angel_dist.objectives import DPO_LOSSES
+from angel_dist.typed import (ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
+                              check_fields)
 
 OBJECTIVES = ("nll", "dpo")
 SCHEDULES = ("linear", "polynomial", "constant")
@@ -14,65 +17,52 @@ LOGGERS = ("tensorboard", "mlflow", "wandb")  # beside metrics.jsonl, which is a
 
 @dataclass
 class TrainConfig:
-    objective: str = "nll"
+    objective: Literal[OBJECTIVES] = "nll"
     data: list[str] = field(default_factory=list)  # shard set directories (examples for nll, pairs for dpo)
     model: str = "tiny"  # a preset, a model directory or a cached HF name
     tokenizer: str = ""
     ds_config: str = "ds_configs/zero2.json"
     out: str = "runs/train"
-    # Ranks: a number, or [MIN, MAX]: each (re)start takes as many as the live nodes can host, at least MIN.
-    workers: int | list[int] = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    worker_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources each rank takes
-    placement: str = "PACK"  # how the ranks' bundles spread over nodes (Ray placement group strategy)
-    capacity_timeout: float = 600.0  # seconds to wait for nodes that can host MIN workers before giving up
-    batch_size: int = 8  # per rank and micro-batch
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; default: epochs over the data
-    lr: float = 3e-5
-    weight_decay: float = 0.01
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    poly_power: float = 1.0
-    clip: float = 1.0
-    label_smoothing: float = 0.1
-    beta: float = 0.1
-    dpo_loss: str = "sigmoid"
-    seed: int = 0
-    shuffle_buffer: int = 4096
+    # Ranks: a number, or [MIN, MAX]: each (re)start takes as many as the live nodes hold, at least MIN.
+    workers: PositiveInt | list[PositiveInt] = 1
+    gpus_per_worker: NonNegativeFloat = 0.0
+    cpus_per_worker: PositiveFloat = 1.0
+    worker_resources: dict[str, PositiveFloat] = field(default_factory=dict)  # custom Ray resources of each rank
+    placement: Literal[PLACEMENTS] = "PACK"  # how the ranks spread over nodes (Ray placement group strategy)
+    capacity_timeout: PositiveFloat = 600.0  # seconds to wait for nodes that hold MIN workers before giving up
+    batch_size: PositiveInt = 8  # per rank and micro-batch
+    grad_accum: PositiveInt = 1
+    epochs: PositiveFloat = 1.0
+    max_steps: PositiveInt | None = None  # optimizer steps; default: epochs over the data
+    lr: PositiveFloat = 3e-5
+    weight_decay: NonNegativeFloat = 0.01
+    schedule: Literal[SCHEDULES] = "linear"
+    warmup_steps: NonNegativeInt = 0
+    poly_power: PositiveFloat = 1.0
+    clip: NonNegativeFloat = 1.0  # 0: no clipping (DeepSpeed's gradient_clipping)
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    beta: PositiveFloat = 0.1
+    dpo_loss: Literal[DPO_LOSSES] = "sigmoid"
+    seed: NonNegativeInt = 0
+    shuffle_buffer: PositiveInt = 4096
     bucket: bool = True
-    loader_workers: int = 1
-    save_every: int = 100
-    keep_last: int = 3
-    log_every: int = 10
-    max_failures: int = 0  # restarts from the last checkpoint after a failed rank or a lost node
+    loader_workers: NonNegativeInt = 1
+    save_every: PositiveInt = 100
+    keep_last: NonNegativeInt = 3  # 0: keep every checkpoint
+    log_every: PositiveInt = 10
+    max_failures: Annotated[int, Range(ge=-1)] = 0  # restarts after a failed rank or a lost node; -1: no limit
     progress: bool = True  # a progress line (step, loss, tokens/s, ETA) in the driver every progress_every s
-    progress_every: float = 10.0
-    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # any of LOGGERS
+    progress_every: PositiveFloat = 10.0
+    loggers: list[Literal[LOGGERS]] = field(default_factory=lambda: ["tensorboard"])
     tracking_uri: str = ""  # MLflow's; empty: a file store in RUN/mlruns
     experiment: str = ""  # MLflow experiment and W&B project; empty: angel-dist
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.dpo_loss not in DPO_LOSSES:
-            raise ValueError(f"dpo_loss must be one of {DPO_LOSSES}, got {self.dpo_loss!r}")
+        check_fields(self)
         if not self.data:
-            raise ValueError("data: give at least one shard set directory")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
-        bounds = [self.workers] * 2 if isinstance(self.workers, int) else list(self.workers)
-        if len(bounds) != 2 or not 1 <= bounds[0] <= bounds[1]:
-            raise ValueError(f"workers must be a number >= 1 or [MIN, MAX] with 1 <= MIN <= MAX, got {self.workers}")
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
-        unknown = sorted(set(self.loggers) - set(LOGGERS))
-        if unknown:
-            raise ValueError(f"loggers: unknown {', '.join(unknown)} (known: {', '.join(LOGGERS)})")
+            raise ConfigError("data", "give at least one shard set directory")
+        if isinstance(self.workers, list) and (len(self.workers) != 2 or self.workers[0] > self.workers[1]):
+            raise ConfigError("workers", f"expected a number or [MIN, MAX] with MIN <= MAX, got {self.workers}")
 
     @property
     def min_workers(self) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.atomic import atomic_path
+from angel_dist.errors import read_json
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer
 from angel_dist.train import checkpoint as ckpt
@@ -16,18 +17,22 @@ from angel_dist.train import checkpoint as ckpt
 def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from angel_dist.train.safe_load import weights_only_loads
+
     run = Path(run_dir)
     root = run / "checkpoints"
     tag = tag or ckpt.latest_tag(root)
     if tag is None:
         raise FileNotFoundError(f"{run}: no checkpoint to export")
-    config = json.loads((run / "train_config.json").read_text())
+    config = read_json(run / "train_config.json", "the training configuration")
     tokenizer = load_tokenizer(config["tokenizer"])
     model = load_model(config["model"], tokenizer)
-    if any((root / tag).glob("zero_pp_rank_*")):
-        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    else:  # ZeRO stage 0 (ddp.json): DeepSpeed saves the whole fp32 model, which zero_to_fp32 does not read
-        state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+    ckpt.verified_meta(root, tag)
+    with weights_only_loads():
+        if any((root / tag).glob("zero_pp_rank_*")):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        else:  # ZeRO stage 0 (ddp.json): DeepSpeed saves the whole fp32 model, which zero_to_fp32 does not read
+            state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
     if set(missing) - tied or unexpected:
@@ -41,17 +46,19 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
     return Path(out)
 
 
-def model_directory(spec: str | Path) -> Path:
+def model_directory(spec: str | Path, tag: str | None = None) -> Path:
     """A model directory for inference: `spec` itself, or for a training run directory its
-    newest checkpoint exported once to `RUN/export/<tag>` (reused while that tag is newest)."""
+    checkpoint `tag` (default: the newest) exported once to `RUN/export/<tag>`."""
     spec = Path(spec)
     if not (spec / "train_config.json").exists():
         if not spec.is_dir():
             raise FileNotFoundError(f"{spec}: neither a model directory nor a training run directory")
         return spec
-    tag = ckpt.latest_tag(spec / "checkpoints")
+    tag = tag or ckpt.latest_tag(spec / "checkpoints")
     if tag is None:
         raise FileNotFoundError(f"{spec}: a training run without a checkpoint")
+    if not (spec / "checkpoints" / tag).is_dir():
+        raise FileNotFoundError(f"{spec}: no checkpoint {tag!r} in {spec / 'checkpoints'}")
     out = spec / "export" / tag
     if not (out / "angel_export.json").exists():
         export_run(spec, out, tag)

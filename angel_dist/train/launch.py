@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from angel_dist.atomic import write_json
+from angel_dist.errors import read_json
 from angel_dist.ray_env import init_ray
 from angel_dist.resources import find_resource
 from angel_dist.train.config import TrainConfig
@@ -93,12 +94,13 @@ def _check_timeout(cfg: TrainConfig, label: str, since: float, why: str) -> None
 def run_training(cfg: TrainConfig) -> Path:
     """Train (or resume) the run in `cfg.out` on the Ray cluster of RAY_ADDRESS, or a local one."""
     from ray.train import ControllerError, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.exceptions import WorkerGroupStartupFailedError, WorkerGroupStartupTimeoutError
 
     from angel_dist import placement
     from angel_dist.train.loop import FAULT_ENV, KEYS_ENV, PLACEMENT_FILE, train_worker
     from angel_dist.train.progress import ProgressTail
+    from angel_dist.train.rendezvous import BoundRendezvousConfig
 
     cfg = resolved(cfg)
     run = Path(cfg.out)
@@ -118,7 +120,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 train_worker, train_loop_config=loop_config,
                 scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker=need,
                                              placement_strategy=cfg.placement),
-                torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+                torch_config=BoundRendezvousConfig(backend="nccl" if gpu else "gloo"),
                 # Restarts are this loop's, each sized afresh; a group that does not start within Ray
                 # Train's start timeout (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S) comes back here too.
                 run_config=RunConfig(name="ray", storage_path=str(run),
@@ -134,14 +136,24 @@ def run_training(cfg: TrainConfig) -> Path:
                 print(f"[angel] {label}: the workers did not start ({_first_line(e.controller_failure)}); sizing "
                       f"the group again", flush=True)
             except WorkerGroupError as e:
+                _raise_bad_input(e)  # a refused checkpoint file is refused again on a restart
                 failures += 1
-                if failures > cfg.max_failures:
+                if failures > cfg.max_failures >= 0:
                     raise
                 print(f"[angel] {label}: a rank failed or its node was lost ({_first_line(e)}); restarting from "
                       f"the last checkpoint ({failures} of max_failures {cfg.max_failures})", flush=True)
                 waiting_since = time.monotonic()
-    placement.record("train", run=str(run), starts=json.loads((run / PLACEMENT_FILE).read_text()))
+    placement.record("train", run=str(run), starts=read_json(run / PLACEMENT_FILE, "the ranks' placement"))
     return run
+
+
+def _raise_bad_input(error: Exception) -> None:
+    """A rank's BadInputError (a checkpoint file refused) as itself, not inside Ray Train's error."""
+    from angel_dist.errors import BadInputError
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        if isinstance(failure, BadInputError):
+            raise failure from error
 
 
 def _first_line(error: Exception) -> str:

@@ -62,20 +62,24 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
         crash_once(run / f".fault-injected-{r}-{s}", f"{FAULT_ENV}: rank {rank} crashes after step {step}", 13)
 
 
-def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None]:
-    """(tag, tag to load): the latest checkpoint, converted to universal on a world-size change."""
+def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None, dict]:
+    """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
+    recorded checksums by rank 0, converted to universal on a world-size change."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)
     if tag is None:
-        return None, None
+        return None, None, {}
+    if rank == 0:
+        ckpt.verified_meta(root, tag)
+    dist.barrier()
     meta = ckpt.read_meta(root, tag)
     changed = {k: (meta["config"].get(k), getattr(cfg, k)) for k in _FIXED if meta["config"].get(k) != getattr(cfg, k)}
     if changed:
         raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
                          f"use another --out to start a new run")
     if meta["world_size"] == world:
-        return tag, tag
+        return tag, tag, meta
     if rank == 0:
         from angel_dist.train.strategy import to_universal
 
@@ -83,7 +87,7 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
               f"converting it to a universal checkpoint", flush=True)
         to_universal(root, tag)
     dist.barrier()
-    return tag, f"{tag}.universal"
+    return tag, f"{tag}.universal", meta
 
 
 def planned_steps(cfg: TrainConfig, loader: ShardLoader, step: int) -> int:
@@ -115,9 +119,10 @@ def _record_placement(run: Path, step: int, ranks: list[dict], shared_memory: bo
     """Rank 0: one entry per (re)start of the run in RUN/placement.json, with whether the
     node-local (shared-memory) all-reduce came up."""
     from angel_dist.atomic import write_json
+    from angel_dist.errors import read_json
 
     path = run / PLACEMENT_FILE
-    starts = json.loads(path.read_text()) if path.exists() else []
+    starts = read_json(path, "the ranks' placement") if path.exists() else []
     write_json(path, starts + [{"from_step": step, "world": len(ranks), "ranks": ranks,
                                 "node_local_all_reduce": shared_memory}])
 
@@ -161,15 +166,15 @@ def train_worker(loop_config: dict) -> None:
     if loader.kind != want:
         raise ValueError(f"objective {cfg.objective} trains on {want} shard sets; {cfg.data} holds {loader.kind}")
 
-    tag, load = _resume_plan(root, world, rank, cfg)
+    tag, load, meta = _resume_plan(root, world, rank, cfg)
     strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
                                                   cfg.weight_decay, on_gpu, universal=load != tag))
     step = 0
     torch.manual_seed(cfg.seed * 1000 + rank)
     if tag is not None:
-        client = strategy.load(root, load)
-        step = client["step"]
-        loader.load_state_dict(client["reader"])
+        strategy.load(root, load)
+        step = meta["step"]
+        loader.load_state_dict(meta["reader"])
         if load == tag:
             ckpt.load_rng(root / tag, rank)
     total = planned_steps(cfg, loader, step)
@@ -178,13 +183,12 @@ def train_worker(loop_config: dict) -> None:
     def save(at: int) -> None:
         tmp = f"{ckpt.tag_of(at)}.tmp"
         dist.barrier()
-        strategy.save(root, tmp, {"step": at, "reader": loader.state_dict()})
+        strategy.save(root, tmp)
         ckpt.save_rng(root / tmp, rank)
         dist.barrier()
         if rank == 0:
-            ckpt.write_meta(root / tmp, {"step": at, "world_size": world, "config": cfg.to_dict(),
-                                         "reader": loader.state_dict()})
-            ckpt.publish(root, tmp, ckpt.tag_of(at), cfg.keep_last)
+            ckpt.publish(root, tmp, ckpt.tag_of(at), {"step": at, "world_size": world, "config": cfg.to_dict(),
+                                                      "reader": loader.state_dict()}, cfg.keep_last)
         dist.barrier()
 
     log = progress = None

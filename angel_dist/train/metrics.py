@@ -16,18 +16,37 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Protocol
 
 from angel_dist.atomic import atomic_path, write_json
+from angel_dist.errors import BadInputError, read_json
 
 DEFAULT_EXPERIMENT = "angel-dist"
 
 
+def _logged(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) per logged line. A last line that does not parse is what a crash or power
+    loss mid-append leaves (part of a line, or zeros): dropped with a warning; its step is redone."""
+    lines = [(n, raw) for n, raw in enumerate(path.read_bytes().split(b"\n"), 1) if raw.strip()] if path.exists() else []
+    out = []
+    for n, raw in lines:
+        try:
+            record = json.loads(raw.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"found {type(record).__name__}")
+            out.append((raw.decode("utf-8"), record))
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            if n < lines[-1][0]:
+                raise BadInputError(path, n, f"expected one JSON object per line: {e}") from None
+            warnings.warn(f"{path}:{n}: dropped the last line, torn by an interrupted write: {raw[:80]!r}")
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The logged records of a training run, oldest first ([] before the first log)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [record for _, record in _logged(Path(run_dir) / "metrics.jsonl")]
 
 
 class Tracker(Protocol):
@@ -96,12 +115,11 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():
             # Steps after the checkpoint we resume from are about to be redone.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+            kept = [line for line, record in _logged(self.path) if record.get("step", 0) <= resumed_step]
             with atomic_path(self.path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept))
         ids_path = run_dir / "trackers.json"
-        ids = json.loads(ids_path.read_text()) if ids_path.exists() else {}
+        ids = read_json(ids_path, "the tracker run ids") if ids_path.exists() else {}
         experiment = experiment or DEFAULT_EXPERIMENT
         makers = {"tensorboard": lambda: TensorBoard(run_dir, resumed_step),
                   "mlflow": lambda: MLflow(run_dir, experiment, tracking_uri, ids.get("mlflow")),
@@ -118,6 +136,8 @@ class MetricsLog:
         values = {k: float(v) for k, v in values.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # lines up to a durable checkpoint must survive a power loss with it
         for tracker in self.trackers:
             tracker.log(step, values)
 

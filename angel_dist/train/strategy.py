@@ -154,33 +154,45 @@ class DeepSpeedStrategy:
         self.engine.step()
         return boundary
 
-    def save(self, root: str | Path, tag: str, client_state: dict) -> None:
-        """Every rank writes its shards of model and optimizer state into root/tag."""
-        self.engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    def save(self, root: str | Path, tag: str) -> None:
+        """Every rank writes its shards of model and optimizer state into root/tag. Our own state
+        (step, reader, RNG) goes to JSON beside them, not into DeepSpeed's pickles."""
+        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
 
-    def load(self, root: str | Path, tag: str) -> dict:
-        path, client_state = self.engine.load_checkpoint(str(root), tag=tag, load_lr_scheduler_states=False)
+    def load(self, root: str | Path, tag: str) -> None:
+        from angel_dist.train.safe_load import weights_only_loads
+
+        with weights_only_loads():
+            path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint at {Path(root) / tag}")
-        return client_state
 
 
 def to_universal(root: str | Path, tag: str) -> str:
     """Convert checkpoint root/tag to DeepSpeed's universal format (any world size can load it);
-    returns the universal tag. Idempotent: an existing conversion is reused."""
+    returns the universal tag. Idempotent: an existing conversion is reused once its files match
+    the checksums recorded when it was made."""
     import subprocess
     import sys
 
     from angel_dist.atomic import atomic_path
+    from angel_dist.train import checkpoint as ckpt
+    from angel_dist.train.safe_load import raise_bad_input
 
     universal = f"{tag}.universal"
     target = Path(root) / universal
-    if not target.exists():
-        with atomic_path(target, directory=True) as tmp:
-            tmp.rmdir()  # the converter creates its output folder
-            subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                            str(Path(root) / tag), "--output_folder", str(tmp), "--inject_missing_state",
-                            "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                           check=True, capture_output=True, env={**os.environ})
-        (Path(root) / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; ours is `latest`
+    if target.exists():
+        ckpt.verify(target)
+        return universal
+    with atomic_path(target, directory=True) as tmp:
+        tmp.rmdir()  # the converter creates its output folder
+        done = subprocess.run([sys.executable, "-m", "angel_dist.train.safe_load", "--input_folder",
+                               str(Path(root) / tag), "--output_folder", str(tmp), "--inject_missing_state",
+                               "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                              capture_output=True, text=True, env={**os.environ})
+        if done.returncode:
+            raise_bad_input(done.stderr)
+            raise RuntimeError(f"ds_to_universal failed on {Path(root) / tag}:\n{done.stderr[-4000:]}")
+        ckpt.record(tmp, {"converted_from": tag})
+    (Path(root) / "latest_universal").unlink(missing_ok=True)  # the converter's pointer; ours is `latest`
     return universal
