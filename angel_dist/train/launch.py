@@ -140,8 +140,9 @@ def run_training(cfg: TrainConfig) -> Path:
                 failures += 1
                 if failures > cfg.max_failures >= 0:
                     raise
+                limit = "no limit" if cfg.max_failures < 0 else f"at most {cfg.max_failures}"
                 print(f"[angel] {label}: a rank failed or its node was lost ({_first_line(e)}); restarting from "
-                      f"the last checkpoint ({failures} of max_failures {cfg.max_failures})", flush=True)
+                      f"the last checkpoint (restart {failures}, {limit})", flush=True)
                 waiting_since = time.monotonic()
     placement.record("train", run=str(run), starts=read_json(run / PLACEMENT_FILE, "the ranks' placement"))
     return run
