@@ -64,7 +64,9 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
 
 def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None, dict]:
     """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
-    recorded checksums by rank 0, converted to universal on a world-size change."""
+    recorded checksums by rank 0, converted to universal on a world-size change. ZeRO stage 0
+    (ddp.json) saves the whole model and optimizer state, which any world size loads as it is
+    (DeepSpeed's converter reads only ZeRO's partitioned optimizer states)."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)
@@ -78,7 +80,7 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
     if changed:
         raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
                          f"use another --out to start a new run")
-    if meta["world_size"] == world:
+    if meta["world_size"] == world or not any((root / tag).glob("*_optim_states.pt")):
         return tag, tag, meta
     if rank == 0:
         from angel_dist.train.strategy import to_universal
@@ -175,7 +177,7 @@ def train_worker(loop_config: dict) -> None:
         strategy.load(root, load)
         step = meta["step"]
         loader.load_state_dict(meta["reader"])
-        if load == tag:
+        if meta["world_size"] == world:  # a rank of another world size continues no rank's streams
             ckpt.load_rng(root / tag, rank)
     total = planned_steps(cfg, loader, step)
     step_fn = dpo_step if cfg.objective == "dpo" else nll_step
@@ -207,7 +209,7 @@ def train_worker(loop_config: dict) -> None:
         for batch in loader:
             n_tokens = batch_tokens(batch)
             if keys_log:
-                _log_keys(keys_log, resumed, world, rank, step + 1, batch["keys"])
+                _log_keys(keys_log, run.name, resumed, world, rank, step + 1, batch["keys"])
             loss, metrics = step_fn(strategy.model, _to(batch, strategy.device), cfg)
             strategy.backward(loss)
             boundary = strategy.step(lr_at(step, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power))
@@ -257,7 +259,8 @@ def _report(metrics: dict) -> None:
     ray.train.report(metrics)
 
 
-def _log_keys(path: str, resumed: int, world: int, rank: int, step: int, keys: list[str]) -> None:
-    """Test-only (KEYS_ENV): which samples each rank read for which step, appended to one file."""
+def _log_keys(path: str, run: str, resumed: int, world: int, rank: int, step: int, keys: list[str]) -> None:
+    """Test-only (KEYS_ENV): which samples each rank of which run read for which step, appended to one file."""
     with open(path, "a") as f:
-        f.write(json.dumps({"from": resumed, "world": world, "rank": rank, "step": step, "keys": keys}) + "\n")
+        f.write(json.dumps({"run": run, "from": resumed, "world": world, "rank": rank, "step": step,
+                            "keys": keys}) + "\n")
