@@ -1,3 +1,4 @@
+import json
 import os
 import socket
 from pathlib import Path
@@ -12,6 +13,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent")
+
+
+def report_fuzz_outcomes(outcomes: dict) -> None:
+    """Add a fuzz test module's outcome counts ({reader: {outcome: inputs}}) to the JSON file that
+    ANGEL_FUZZ_STATS names, for bench/fuzz.py to print."""
+    path = os.environ.get("ANGEL_FUZZ_STATS")
+    if path:
+        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        Path(path).write_text(json.dumps({**old, **outcomes}, indent=1))
 
 
 def free_port() -> int:

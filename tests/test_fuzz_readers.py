@@ -17,7 +17,6 @@ runs 10,000 inputs per reader. With ANGEL_FUZZ_STATS=FILE each test adds its out
 import functools
 import gzip
 import json
-import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -37,7 +36,7 @@ from angel_dist.kb.obo import OboConfig, read_obo
 from angel_dist.kb.table import LIST_COLUMNS, assemble_kb
 from angel_dist.kb.target_kb import read_target_kb
 from angel_dist.kb.umls import UmlsConfig, read_umls
-from conftest import DATA
+from conftest import DATA, report_fuzz_outcomes
 
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 OUTCOMES: dict[str, Counter] = defaultdict(Counter)  # reader -> outcome -> inputs
@@ -249,10 +248,7 @@ def work(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def _report_outcomes():
     yield
-    path = os.environ.get("ANGEL_FUZZ_STATS")
-    if path:
-        old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        Path(path).write_text(json.dumps({**old, **OUTCOMES}, indent=1))
+    report_fuzz_outcomes(OUTCOMES)
 
 
 # -- one test per reader ------------------------------------------------------------------------

@@ -1,9 +1,12 @@
-"""Shard sets: atomic idempotent writing on Ray, standard tar compatibility, exact-resume reading."""
+"""Shard sets: atomic idempotent writing on Ray, standard tar compatibility, exact-resume reading,
+and the checks that catch a damaged or crafted set."""
 
+import hashlib
 import io
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,16 +22,17 @@ from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
 from angel_dist.errors import BadInputError
 from angel_dist.kb.table import assemble_kb, write_kb
 from angel_dist.shards.format import npy_bytes, parse_npy
-from angel_dist.shards.reader import ReaderConfig, ShardLoader, open_shard_sets
+from angel_dist.shards.inspect import inspect_shards
+from angel_dist.shards.reader import ReaderConfig, ShardLoader, iter_shard, open_shard_sets
 from angel_dist.shards.tar import TarFormatError, TarStreamWriter, iter_members, member_header
-from angel_dist.shards.writer import read_manifest
+from angel_dist.shards.writer import read_manifest, shard_record
 from angel_dist.tokenizer import train_tokenizer
 
 WORDS = ["acute", "chronic", "renal", "cardiac", "failure", "syndrome", "disease", "type", "neural", "tumor",
          "hepatic", "lesion", "infection", "deficiency", "hereditary", "ataxia", "fibrosis", "pulmonary"]
 
 
-def _synthetic_kb(path, n=600, seed=1):
+def synthetic_kb(path, n=600, seed=1):
     rng = np.random.default_rng(seed)
     cuis, names, defs = [], [], []
     for c in range(n):
@@ -45,7 +49,7 @@ def _synthetic_kb(path, n=600, seed=1):
 @pytest.fixture(scope="module")
 def kb_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("kb")
-    _synthetic_kb(d / "kb.parquet")
+    synthetic_kb(d / "kb.parquet")
     train_tokenizer(d / "kb.parquet", 600, d / "tok", progress=False)
     return d / "kb.parquet", str(d / "tok")
 
@@ -204,14 +208,229 @@ def test_reader_refuses_another_tokenizer(corpus):
         ShardLoader(corpus, tokenizer_fingerprint="mine-123")
 
 
-def _corrupt_copy(corpus, tmp_path, damage):
-    import shutil
-
+def _corrupt_copy(corpus, tmp_path, damage=lambda b: b):
     out = tmp_path / "bad"
     shutil.copytree(corpus, out)
     tar = out / "shard-00000.tar"
     tar.write_bytes(damage(tar.read_bytes()))
     return out, tar
+
+
+def rehash(out, counts=False):
+    """Make a set's manifest vouch for its files as they are now, as a crafted set would: sizes
+    and hashes, and with `counts` the shards' counts and the total, from their indexes."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for s in manifest["shards"]:
+        tar, index = (out / s["name"]).read_bytes(), (out / s["index"]).read_bytes()
+        s.update(bytes=len(tar), sha256=hashlib.sha256(tar).hexdigest(), index_bytes=len(index),
+                 index_sha256=hashlib.sha256(index).hexdigest())
+        if counts:
+            s["count"] = len(np.load(io.BytesIO(index)))
+    if counts:
+        manifest["total"] = sum(s["count"] for s in manifest["shards"])
+    path.write_text(json.dumps(manifest))
+
+
+def tar_entries(data):
+    """The members of a tar as (TarInfo, bytes), read with tarfile."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return [(m, tf.extractfile(m).read() if m.isreg() else b"") for m in tf]
+
+
+def write_entries(entries):
+    """A tar of (TarInfo, bytes) entries and the byte offset of each entry's header."""
+    out, offsets = bytearray(), []
+    for info, data in entries:
+        offsets.append(len(out))
+        info.size = len(data)
+        out += info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape") + data + b"\0" * (-len(data) % 512)
+    return bytes(out + b"\0" * 1024), offsets
+
+
+def _regular(name, data=b""):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def craft_shard(out, index, edit):
+    """Rewrite shard `index` of `out` from `edit(entries)`, index its original samples where they
+    now start (at their key's first member; new keys stay out of the index) and rehash the manifest."""
+    tar = out / f"shard-{index:05d}.tar"
+    entries = tar_entries(tar.read_bytes())
+    keys = list(dict.fromkeys(info.name.split(".")[0] for info, _ in entries))
+    lengths = dict(zip(keys, np.load(out / f"shard-{index:05d}.idx.npy")[:, 1]))
+    entries = edit(entries)
+    data, offsets = write_entries(entries)
+    tar.write_bytes(data)
+    starts, seen = [], set()
+    for (info, _), offset in zip(entries, offsets):
+        key = info.name.split(".")[0]
+        if info.isreg() and key not in seen and key in lengths:
+            seen.add(key)
+            starts.append((offset, lengths[key]))
+    np.save(out / f"shard-{index:05d}.idx.npy", np.array(starts, dtype=np.int64).reshape(-1, 2))
+    rehash(out)
+
+
+@pytest.mark.parametrize("vouched", [False, True])
+@pytest.mark.parametrize("damage", ["duplicated", "short"])
+def test_damaged_index_is_refused(corpus, tmp_path, damage, vouched):
+    out, _ = _corrupt_copy(corpus, tmp_path)
+    index = out / "shard-00000.idx.npy"
+    rows = np.load(index)
+    # What once made the reader yield one sample three times and two never; a short index raised IndexError.
+    rows = np.concatenate([rows[:1], rows[:1], rows[:1], rows[3:]]) if damage == "duplicated" else rows[:-1]
+    np.save(index, rows)
+    if vouched:
+        rehash(out)
+    expected = {False: "differs from its manifest entry", True: {"duplicated": "increase strictly",
+                                                                 "short": r"rows \[\d+, 2\]"}[damage]}[vouched]
+    shards, _ = open_shard_sets(out)
+    with pytest.raises(BadInputError, match=expected) as err:
+        list(iter_shard(shards[0]))
+    assert err.value.path == str(index)
+    skipping = ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False, on_bad_input="skip"))
+    n = sum(len(b["keys"]) for b in skipping)
+    assert skipping.skipped >= shards[0].count - 8 and n + skipping.skipped == len(skipping) * 8
+
+
+@pytest.mark.parametrize("field, name", [("name", "../shard-00000.tar"), ("name", "/etc/hostname"),
+                                         ("index", "sub/shard-00000.idx.npy"), ("index", ".."), ("name", ""),
+                                         ("index", "shard-00001.idx.npy")])
+def test_manifest_names_stay_in_the_set_directory(corpus, tmp_path, field, name):
+    out, _ = _corrupt_copy(corpus, tmp_path)
+    (tmp_path / "shard-00000.tar").write_bytes((out / "shard-00000.tar").read_bytes())  # a readable ../ target
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"][0][field] = name
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problem = "listed twice" if name.startswith("shard-") else "expected a plain file name"
+    for open_set in (open_shard_sets, inspect_shards, lambda d: ShardLoader(d, ReaderConfig(on_bad_input="skip"))):
+        with pytest.raises(BadInputError, match=rf"shards\[\d\]\.{field} .*{problem}") as err:
+            open_set(out)
+        assert err.value.path == str(out / "manifest.json")
+
+
+@pytest.mark.parametrize("missing", ["shard-00001.tar", "shard-00003.idx.npy"])
+def test_missing_listed_file_is_named_when_the_set_is_opened(corpus, tmp_path, missing):
+    out, _ = _corrupt_copy(corpus, tmp_path)
+    (out / missing).unlink()
+    for open_set in (open_shard_sets, inspect_shards, lambda d: ShardLoader(d, ReaderConfig(on_bad_input="skip"))):
+        with pytest.raises(BadInputError, match="listed in .*manifest.json .* but missing") as err:
+            open_set(out)
+        assert err.value.path == str(out / missing)
+
+
+def test_a_set_given_twice_is_refused(corpus):
+    with pytest.raises(ValueError, match="given more than once"):
+        open_shard_sets([corpus, corpus.parent / ".." / corpus.parent.name / corpus.name])
+
+
+def test_old_schema_is_refused_with_how_to_rebuild(corpus, tmp_path):
+    out, _ = _corrupt_copy(corpus, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInputError, match="version 1, expected 2.*no index checksum.*--overwrite"):
+        open_shard_sets(out)
+
+
+def _link(name, kind):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, "/etc/hostname"
+    return info, b""
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (lambda: _link("zz.json", tarfile.SYMTYPE), r"unsupported member type b'2'"),
+    (lambda: _link("zz.json", tarfile.CHRTYPE), r"unsupported member type b'3'"),
+    (lambda: _link("zz", tarfile.DIRTYPE), r"unsupported member type b'5'"),
+    (lambda: _regular("zz.json", b"{}"), r"sample 'zz' has members \['json'\]"),
+], ids=["symlink", "device", "directory", "lone-member"])
+def test_every_member_is_walked_when_a_shard_is_verified(corpus, tmp_path, extra, problem):
+    # An unexpected member between two indexed samples, the index and hashes crafted to match.
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    craft_shard(out, 0, lambda entries: entries[:4] + [extra()] + entries[4:])
+    with pytest.raises(BadInputError, match=problem) as err:
+        list(iter_shard(open_shard_sets(out)[0][0]))
+    assert err.value.path == str(tar)
+
+
+def test_shard_said_to_be_empty_is_checked_though_no_position_reads_it(corpus, tmp_path):
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    np.save(out / "shard-00000.idx.npy", np.zeros((0, 2), np.int64))
+    rehash(out, counts=True)  # the manifest agrees: shard 0 holds nothing, though its tar holds samples
+    with pytest.raises(BadInputError, match="the tar holds \\d+ samples, its index 0") as err:
+        list(ShardLoader(out, ReaderConfig(batch_size=8)))
+    assert err.value.path == str(tar)
+
+
+def test_sample_the_index_does_not_cover_is_caught(corpus, tmp_path):
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    craft_shard(out, 0, lambda entries: entries[:4] + [_regular("zz.json", entries[0][1]),
+                                                       _regular("zz.ids.npy", entries[1][1])] + entries[4:])
+    with pytest.raises(BadInputError, match=r"tar holds \d+ samples, its index \d+; they first differ at sample 2"):
+        list(iter_shard(open_shard_sets(out)[0][0]))
+
+
+def _replace(field, payload):
+    """Replace member `field` of the shard's second sample."""
+    def edit(entries):
+        info, _ = entries[2 + (field == "ids.npy")]
+        return entries[:2] + [(info, payload) if e[0] is info else e for e in entries[2:]]
+    return edit
+
+
+def _npy(header: str) -> bytes:
+    text = header.encode("latin1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+@pytest.mark.parametrize("field, payload, problem", [
+    ("json", b"[1, 2]", "expected a JSON object, got list"),
+    ("json", b'{"kind": "kb", "lengths": [1, 1, 1], "cuis": "C1"}', "field 'source' is missing"),
+    ("json", b'{"source": "\xff"}', "not UTF-8 JSON"),
+    ("json", b"[" * 100_000, "not UTF-8 JSON"),
+    ("ids.npy", _npy("{'descr': '<i4', 'fortran_order': False, 'shape': __import__('os').getpid()}"),
+     "not a literal"),
+    ("ids.npy", _npy("[1, 2]"), "not a dict"),
+    ("ids.npy", _npy("{'descr': '<f8', 'fortran_order': False, 'shape': (0,)}"), "expected a 1-D <i4 array"),
+    ("ids.npy", _npy("{'descr': '|O', 'fortran_order': False, 'shape': (0,)}"), "unsupported .npy dtype"),
+], ids=["list", "missing-field", "not-utf8", "deep", "call", "not-dict", "float", "object"])
+def test_decode_errors_name_shard_and_member_and_are_skipped(corpus, tmp_path, field, payload, problem):
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    craft_shard(out, 0, _replace(field, payload))
+    key = tar_entries(tar.read_bytes())[2][0].name.split(".")[0]
+    with pytest.raises(BadInputError, match=problem) as err:
+        list(iter_shard(open_shard_sets(out)[0][0]))
+    assert err.value.path == str(tar) and f"{key}.{field}" in str(err.value)
+    skipping = ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False, on_bad_input="skip"))
+    n = sum(len(b["keys"]) for b in skipping)
+    assert skipping.skipped > 0 and n + skipping.skipped == len(skipping) * 8
+
+
+def test_bad_input_from_a_dataloader_worker_stays_a_bad_input_error(corpus, tmp_path):
+    # DataLoader re-raises what a worker raises as RuntimeError when the exception takes several arguments.
+    out, tar = _corrupt_copy(corpus, tmp_path)
+    craft_shard(out, 0, _replace("json", b"[1, 2]"))
+    with pytest.raises(BadInputError, match="expected a JSON object") as err:
+        list(ShardLoader(out, ReaderConfig(batch_size=8, shuffle=False), num_workers=1))
+    assert err.value.path == str(tar)
+
+
+def test_shard_record_vouches_only_for_what_it_recorded(corpus, tmp_path):
+    out, _ = _corrupt_copy(corpus, tmp_path)
+    config_hash = read_manifest(out)["config_hash"]
+    assert shard_record(out, 1, config_hash)["index_sha256"] == read_manifest(out)["shards"][1]["index_sha256"]
+    index = out / "shard-00001.idx.npy"
+    data = bytearray(index.read_bytes())
+    data[-1] ^= 1  # same size, another offset
+    index.write_bytes(bytes(data))
+    record = out / "shard-00002.json"
+    record.write_text(record.read_text()[:40])  # torn by a crash
+    assert shard_record(out, 1, config_hash) is None and shard_record(out, 2, config_hash) is None
+    assert shard_record(out, 3, config_hash) is not None
 
 
 def test_truncated_shard_names_shard_and_member(corpus, tmp_path):

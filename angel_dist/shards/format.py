@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from functools import lru_cache
 
 import numpy as np
 
 from angel_dist.corpus.encode import Encoded
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the index's size and sha256 in each shard entry
 FIELDS = ("json", "ids.npy")
 ID_FIELDS = {"kb": ("source", "prefix", "target"), "mention": ("source", "prefix", "target"),
              "pair": ("source", "prefix", "chosen", "rejected")}
+SAMPLE_KINDS = {"examples": ("kb", "mention"), "pairs": ("pair",)}  # what a set of each kind holds
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 
 
@@ -40,25 +42,58 @@ def _npy_header(n: int) -> bytes:
     return _NPY_MAGIC + len(text).to_bytes(2, "little") + text.encode("latin1")
 
 
+_NPY_HEADER_MAX = 10_000  # numpy's own limit on what it will parse (np.load's max_header_size)
+
+
+class SampleFormatError(ValueError):
+    """A sample member that does not decode to what the format says, naming the member."""
+
+    def __init__(self, member: str, problem: str):
+        self.member, self.problem = member, problem
+        super().__init__(f"{member}: {problem}")
+
+
 @lru_cache(maxsize=4096)
 def _parse_npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...]]:
-    spec = ast.literal_eval(header.decode("latin1"))
-    if spec.get("fortran_order") or np.dtype(spec["descr"]).hasobject:
+    try:
+        spec = ast.literal_eval(header.decode("latin1"))
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f".npy header is not a literal: {header[:80]!r}") from None
+    if not isinstance(spec, dict) or set(spec) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f".npy header is not a dict of descr, fortran_order and shape: {header[:80]!r}")
+    descr, shape = spec["descr"], spec["shape"]
+    if not isinstance(descr, str) or spec["fortran_order"] is not False:
         raise ValueError(f"unsupported .npy array {spec}")
-    return np.dtype(spec["descr"]), tuple(spec["shape"])
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f".npy shape {shape!r} is not a tuple of sizes")
+    try:
+        dtype = np.dtype(descr)
+    except TypeError:
+        raise ValueError(f".npy dtype {descr!r} is not a numpy type") from None
+    if dtype.kind not in "iuf" or dtype.fields is not None:  # plain numbers only: no objects, no records
+        raise ValueError(f"unsupported .npy dtype {descr!r}")
+    return dtype, shape
 
 
 def parse_npy(data: bytes | memoryview) -> np.ndarray:
-    """Read a .npy payload (format 1.x/2.x) without pickle."""
+    """Read a .npy payload (format 1.0/2.0) of plain numbers without pickle; ValueError on
+    anything else (a header that is not numpy's literal dict, a size that disagrees with it)."""
     data = memoryview(data)
-    if bytes(data[:6]) != _NPY_MAGIC[:6]:
+    if bytes(data[:6]) != _NPY_MAGIC[:6] or len(data) < 10:
         raise ValueError("not a .npy payload")
-    major = data[6]
+    major, minor = data[6], data[7]
+    if (major, minor) not in ((1, 0), (2, 0)):  # what numpy reads, less 3.0 (UTF-8 headers)
+        raise ValueError(f"unsupported .npy format version {major}.{minor}")
     size_bytes = 2 if major == 1 else 4
     hlen = int.from_bytes(data[8:8 + size_bytes], "little")
     start = 8 + size_bytes
+    if hlen > _NPY_HEADER_MAX or start + hlen > len(data):
+        raise ValueError(f".npy header of {hlen} bytes does not fit")
     dtype, shape = _parse_npy_header(bytes(data[start:start + hlen]))
-    return np.frombuffer(data[start + hlen:], dtype=dtype).reshape(shape)
+    body, size = data[start + hlen:], dtype.itemsize * math.prod(shape)
+    if len(body) != size:
+        raise ValueError(f".npy data is {len(body)} bytes, shape {shape} of {dtype} needs {size}")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
 def members(key: str, record: dict, ids: list[np.ndarray]) -> list[tuple[str, bytes]]:
@@ -79,18 +114,70 @@ def sample_members(encoded: Encoded) -> list[tuple[str, bytes]]:
     return members(e.key, record, [encoded.source_ids, encoded.prefix_ids, encoded.target_ids])
 
 
+# What each JSON type name of RECORD_FIELDS accepts (JSON booleans are not numbers here).
+_TYPES = {
+    "string": lambda v: type(v) is str,
+    "list of strings": lambda v: type(v) is list and all(type(x) is str for x in v),
+    "integer": lambda v: type(v) is int,
+    "number": lambda v: type(v) in (int, float),
+    "[start, end]": lambda v: type(v) is list and len(v) == 2 and type(v[0]) is int and type(v[1]) is int,
+    "object": lambda v: type(v) is dict,
+}
+# The JSON fields each kind must carry (shards/README.md, "Samples").
+_EXAMPLE_FIELDS = {"source": "string", "prefix": "string", "target": "string", "cuis": "list of strings",
+                   "mention_span": "[start, end]", "meta": "object"}
+RECORD_FIELDS = {
+    "kb": _EXAMPLE_FIELDS, "mention": _EXAMPLE_FIELDS,
+    "pair": {"prompt": "string", "prefix": "string", "chosen": "string", "rejected": "string",
+             "cuis": "list of strings", "chosen_cuis": "list of strings", "rejected_cuis": "list of strings",
+             "chosen_rank": "integer", "rejected_rank": "integer", "round": "integer", "source_key": "string",
+             "ref_chosen_logp": "number", "ref_rejected_logp": "number"},
+}
+_CHECKS = {kind: [(field, expected, _TYPES[expected]) for field, expected in fields.items()]
+           for kind, fields in RECORD_FIELDS.items()}
+IDS_DTYPE = np.dtype("<i4")
+
+
+def _check_record(member: str, record) -> tuple[str, ...]:
+    """The id field names of a decoded JSON record, after checking every field's type."""
+    if not isinstance(record, dict):
+        raise SampleFormatError(member, f"expected a JSON object, got {type(record).__name__}")
+    names = ID_FIELDS.get(record.get("kind")) if isinstance(record.get("kind"), str) else None
+    if names is None:
+        raise SampleFormatError(member, f"unknown kind {record.get('kind')!r} (expected one of {sorted(ID_FIELDS)})")
+    lengths = record.get("lengths")
+    if not (type(lengths) is list and len(lengths) == len(names) and all(type(n) is int and n >= 0 for n in lengths)):
+        raise SampleFormatError(member, f"lengths {lengths!r}: expected {len(names)} counts ({', '.join(names)})")
+    for field, expected, ok in _CHECKS[record["kind"]]:
+        if not ok(record.get(field)):  # a missing field is None, which no type accepts
+            found = repr(record[field])[:80] if field in record else "missing"
+            raise SampleFormatError(member, f"field {field!r} is {found}, expected {expected}")
+    return names
+
+
 def decode_sample(key: str, fields: dict[str, bytes]) -> dict:
-    """A sample from its raw members: the JSON record plus `__key__` and its `*_ids` arrays."""
+    """A sample from its raw members: the JSON record plus `__key__` and its `*_ids` arrays.
+
+    Raises SampleFormatError naming the member that does not hold what the format says."""
     missing = [f for f in FIELDS if f not in fields]
     if missing:
-        raise ValueError(f"sample {key!r} lacks member(s) {', '.join(key + '.' + f for f in missing)}")
-    record = json.loads(bytes(fields["json"]))
-    ids = parse_npy(fields["ids.npy"])
-    names = ID_FIELDS.get(record.get("kind"))
-    if names is None or len(record.get("lengths", ())) != len(names):
-        raise ValueError(f"sample {key!r}: unknown kind {record.get('kind')!r} or lengths {record.get('lengths')}")
+        raise SampleFormatError(f"{key}.{missing[0]}", "member missing from the sample")
+    member = f"{key}.json"
+    try:
+        record = json.loads(bytes(fields["json"]).decode("utf-8"))  # not json's guess among UTF-8/16/32
+    except (ValueError, RecursionError) as e:  # ValueError covers bad JSON and bad UTF-8
+        raise SampleFormatError(member, f"not UTF-8 JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    names = _check_record(member, record)
+    member = f"{key}.ids.npy"
+    try:
+        ids = parse_npy(fields["ids.npy"])
+    except ValueError as e:
+        raise SampleFormatError(member, str(e)) from None
+    if ids.dtype != IDS_DTYPE or ids.ndim != 1:
+        raise SampleFormatError(member, f"expected a 1-D {IDS_DTYPE.str} array, got {ids.dtype.str} of shape "
+                                        f"{ids.shape}")
     if len(ids) != sum(record["lengths"]):
-        raise ValueError(f"sample {key!r}: {key}.ids.npy holds {len(ids)} ids, lengths say {record['lengths']}")
+        raise SampleFormatError(member, f"holds {len(ids)} ids, {key}.json lengths say {record['lengths']}")
     record["__key__"] = key
     bounds = np.cumsum([0, *record["lengths"]])
     for name, lo, hi in zip(names, bounds[:-1], bounds[1:]):

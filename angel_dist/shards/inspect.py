@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from angel_dist.shards.reader import Shard, iter_shard
+from angel_dist.shards.reader import iter_shard, shards_of
 from angel_dist.shards.writer import read_manifest
 
 
 def inspect_shards(out: str | Path, samples: int = 3, as_json: bool = False) -> str:
     manifest = read_manifest(out)
-    first = manifest["shards"][0]
     shown = []
-    shard = Shard(str(Path(out) / first["name"]), first["count"], first["sha256"], str(Path(out) / first["index"]))
-    for sample in iter_shard(shard):
+    for sample in iter_shard(shards_of(out, manifest)[0]):
         if len(shown) == samples:
             break
         shown.append({k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in sample.items()})

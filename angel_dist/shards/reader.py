@@ -31,22 +31,41 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.keys import hash_permutation, stable_hash64
-from angel_dist.shards.format import decode_sample
-from angel_dist.shards.tar import TarFormatError, iter_members, open_archive, split_key
-from angel_dist.shards.writer import read_manifest
+from angel_dist.shards.format import FIELDS, SAMPLE_KINDS, SampleFormatError, decode_sample, parse_npy
+from angel_dist.shards.tar import BLOCK, TarFormatError, iter_members, open_archive, split_key
+from angel_dist.shards.writer import MANIFEST, read_manifest
 
 
 @dataclass(frozen=True)
 class Shard:
-    path: str
+    """One shard as its set's manifest describes it (shards/README.md)."""
+    path: str  # the tar
     count: int
+    bytes: int
     sha256: str
-    index: str | None = None  # the shard's .idx.npy
+    index: str  # the shard's .idx.npy
+    index_bytes: int
+    index_sha256: str
+    kinds: tuple[str, ...]  # the sample kinds its set may hold
+
+
+def shards_of(directory: str | Path, manifest: dict) -> list[Shard]:
+    """The shards listed by a manifest that `read_manifest` has checked, once every listed tar
+    and index is found in `directory`."""
+    d = Path(directory)
+    for i, entry in enumerate(manifest["shards"]):
+        for field in ("name", "index"):
+            if not (d / entry[field]).is_file():
+                raise BadInputError(d / entry[field], None, f"listed in {d / MANIFEST} (shards[{i}].{field}) "
+                                                            f"but missing")
+    return [Shard(str(d / s["name"]), s["count"], s["bytes"], s["sha256"], str(d / s["index"]), s["index_bytes"],
+                  s["index_sha256"], SAMPLE_KINDS[manifest["kind"]]) for s in manifest["shards"]]
 
 
 def open_shard_sets(dirs: list[str | Path] | str | Path,
                     tokenizer_fingerprint: str | None = None) -> tuple[list[Shard], str]:
-    """The shards of one or more complete shard sets of one kind, refusing another tokenizer's ids."""
+    """The shards of one or more complete shard sets of one kind, refusing another tokenizer's ids
+    and a shard listed twice (the same set given twice would repeat its samples)."""
     dirs = [dirs] if isinstance(dirs, (str, Path)) else list(dirs)
     shards, kinds = [], set()
     for d in dirs:
@@ -56,11 +75,48 @@ def open_shard_sets(dirs: list[str | Path] | str | Path,
             raise ValueError(f"{d} was tokenized with tokenizer {theirs}, but the model's tokenizer is "
                              f"{tokenizer_fingerprint}; rebuild the shards with this tokenizer")
         kinds.add(manifest["kind"])
-        shards += [Shard(str(Path(d) / s["name"]), s["count"], s["sha256"], str(Path(d) / s["index"]))
-                   for s in manifest["shards"]]
+        shards += shards_of(d, manifest)
     if len(kinds) > 1:
         raise ValueError(f"cannot mix shard sets of kinds {sorted(kinds)} in one reader")
+    files = [Path(s.path).resolve() for s in shards]
+    if len(set(files)) < len(files):
+        twice = sorted({str(f) for f in files if files.count(f) > 1})
+        raise ValueError(f"shard(s) {', '.join(twice)} given more than once (the same shard set twice?)")
     return shards, kinds.pop()
+
+
+def load_index(shard: Shard) -> np.ndarray:
+    """The shard's index, int64 [count, 2] (byte offset of each sample, its source length), after
+    checking it against the manifest entry (size, sha256, rows) and the tar (offsets at block
+    boundaries, from 0, strictly increasing, inside the tar): a duplicated or stray offset would
+    otherwise repeat one sample and lose another, silently."""
+    try:
+        data = Path(shard.index).read_bytes()
+    except OSError as e:
+        raise BadInputError(shard.index, None, f"cannot read the shard index: {e.strerror}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != shard.index_bytes or digest != shard.index_sha256:
+        raise BadInputError(shard.index, None, f"index differs from its manifest entry ({len(data)} bytes, sha256 "
+                                               f"{digest[:16]}...; the manifest says {shard.index_bytes} bytes, "
+                                               f"{shard.index_sha256[:16]}...)")
+    try:
+        rows = parse_npy(data)
+    except ValueError as e:
+        raise BadInputError(shard.index, None, f"not a .npy index: {e}") from None
+    if rows.dtype != np.dtype("<i8") or rows.shape != (shard.count, 2):
+        raise BadInputError(shard.index, None, f"expected int64 rows [{shard.count}, 2] (count from the manifest), "
+                                               f"got {rows.dtype.str} {rows.shape}")
+    offsets = rows[:, 0]
+    if shard.count and (offsets[0] != 0 or (np.diff(offsets) <= 0).any() or (offsets % BLOCK).any()
+                        or offsets[-1] > shard.bytes - 3 * BLOCK or (rows[:, 1] < 0).any()):
+        raise BadInputError(shard.index, None, f"offsets must start at 0, increase strictly in steps of {BLOCK} "
+                                               f"bytes and stay inside the tar ({shard.bytes} bytes), lengths be "
+                                               f">= 0; got offsets {_excerpt(offsets)}")
+    return rows
+
+
+def _excerpt(values: np.ndarray) -> str:
+    return str(values[:8].tolist())[:-1] + (", ...]" if len(values) > 8 else "]")
 
 
 def _first_problem(buf, path: str) -> str:
@@ -72,30 +128,81 @@ def _first_problem(buf, path: str) -> str:
     return f"{path}: content differs from its manifest (sha256 mismatch) though every member header is intact"
 
 
-def _verified(shard: Shard, verify: bool):
-    buf = open_archive(shard.path)
-    if verify and hashlib.sha256(buf).hexdigest() != shard.sha256:
-        raise BadInputError(shard.path, None, f"corrupt shard: {_first_problem(buf, shard.path)}")
+def open_tar(shard: Shard, offsets: np.ndarray, verify: bool):
+    """The shard's tar, mapped; its size always checked against the manifest and, with `verify`,
+    its sha256 and every member (see `_walk`)."""
+    try:
+        buf = open_archive(shard.path)
+    except OSError as e:
+        raise BadInputError(shard.path, None, f"cannot read the shard: {e.strerror}") from None
+    if len(buf) != shard.bytes or (verify and hashlib.sha256(buf).hexdigest() != shard.sha256):
+        size = f" ({len(buf)} bytes, the manifest says {shard.bytes})" if len(buf) != shard.bytes else ""
+        raise BadInputError(shard.path, None, f"corrupt shard{size}: {_first_problem(buf, shard.path)}")
+    if verify:
+        _walk(buf, shard, offsets)
     return buf
+
+
+def _walk(buf, shard: Shard, offsets: np.ndarray) -> None:
+    """Every member once: regular files only, each sample exactly its FIELDS under a key seen
+    once, sample starts exactly the index's offsets (no sample it misses, none it repeats), and
+    nothing but end-of-archive zeros after the last member."""
+    starts, keys, key, fields, end = [], set(), None, [], 0
+
+    def close_sample():
+        if key is not None and sorted(fields) != sorted(FIELDS):
+            raise BadInputError(shard.path, None, f"sample {key!r} has members {fields}, expected {list(FIELDS)}")
+
+    try:
+        for member in iter_members(buf, shard.path):
+            k, field = split_key(member.name)
+            if k != key:
+                close_sample()
+                if k in keys:
+                    raise BadInputError(shard.path, None, f"key {k!r} appears twice (member {member.name!r})")
+                keys.add(k)
+                starts.append(member.offset - BLOCK)
+                key, fields = k, []
+            fields.append(field)
+            end = member.offset + member.size + (-member.size % BLOCK)
+        close_sample()
+    except TarFormatError as e:
+        raise BadInputError(shard.path, None, f"corrupt shard: {e.problem} (member {e.member!r})") from None
+    if len(buf) - end < 2 * BLOCK or buf[end:].count(0) != len(buf) - end:
+        raise BadInputError(shard.path, None, f"expected only end-of-archive zero blocks after byte {end}")
+    if starts != offsets.tolist():
+        i = next((i for i, (a, b) in enumerate(zip(starts, offsets.tolist())) if a != b), min(len(starts),
+                                                                                              len(offsets)))
+        raise BadInputError(shard.path, None, f"the tar holds {len(starts)} samples, its index {len(offsets)}; they "
+                                              f"first differ at sample {i} (tar byte "
+                                              f"{starts[i] if i < len(starts) else 'end'}, index byte "
+                                              f"{offsets[i] if i < len(offsets) else 'end'})")
 
 
 def _decode(shard: Shard, key: str, fields: dict) -> dict:
     try:
-        return decode_sample(key, fields)
-    except (ValueError, KeyError) as e:
-        raise BadInputError(shard.path, None, f"bad sample (member {key}.*): {e}") from None
+        sample = decode_sample(key, fields)
+    except SampleFormatError as e:
+        raise BadInputError(shard.path, None, f"bad sample (member {e.member!r}): {e.problem}") from None
+    if sample["kind"] not in shard.kinds:
+        raise BadInputError(shard.path, None, f"sample {key!r} of kind {sample['kind']!r} in a set of "
+                                              f"{'/'.join(shard.kinds)} samples")
+    return sample
 
 
-def read_sample(buf, shard: Shard, offset: int) -> dict:
-    """The sample whose first member header is at byte `offset`."""
+def read_sample(buf, shard: Shard, offset: int, verified: bool = False) -> dict:
+    """The sample whose first member header is at byte `offset`; `verified`: its tar passed
+    `open_tar(verify=True)`, whose strict walk leaves nothing for a strict read to catch."""
     key, fields = None, {}
     try:
-        for member in iter_members(buf, shard.path, start=offset):
+        for member in iter_members(buf, shard.path, start=offset, strict=not verified):
             k, field = split_key(member.name)
             if key is not None and k != key:
                 break
             key = k
             fields[field] = buf[member.offset:member.offset + member.size]
+            if len(fields) == len(FIELDS):  # complete: no need to parse the next sample's header
+                break
     except TarFormatError as e:
         raise BadInputError(shard.path, None, f"corrupt shard: {e.problem} (member {e.member!r})") from None
     if key is None:
@@ -105,9 +212,10 @@ def read_sample(buf, shard: Shard, offset: int) -> dict:
 
 def iter_shard(shard: Shard, verify: bool = True) -> Iterator[dict]:
     """Every sample of one shard, in order."""
-    buf = _verified(shard, verify)
-    for offset in np.load(shard.index)[:, 0]:
-        yield read_sample(buf, shard, int(offset))
+    offsets = load_index(shard)[:, 0]
+    buf = open_tar(shard, offsets, verify)
+    for offset in offsets:
+        yield read_sample(buf, shard, int(offset), verify)
 
 
 @dataclass(frozen=True)
@@ -119,7 +227,7 @@ class ReaderConfig:
     bucket: bool = False  # sort each block by source length, in runs of bucket_size samples
     bucket_size: int = 512
     on_bad_input: str = "error"  # or "skip": count and drop the samples of corrupt shards
-    verify: bool = True  # check each shard's sha256 against the manifest when a process first opens it
+    verify: bool = True  # check each shard's sha256 and members when a process first opens it
 
     def order(self) -> dict:
         """The settings that fix the epoch sequence (a resumed run must keep them)."""
@@ -245,11 +353,25 @@ class ShardStream(IterableDataset):
         """Batches per rank from position `start` to the end of the epoch."""
         return max(self.total - start, 0) // self.step_samples
 
-    def _index(self) -> list[np.ndarray]:
+    def _index(self, policy: BadInputPolicy) -> list[np.ndarray]:
+        """Every shard's source lengths (bucketing needs them all up front), indexes checked."""
         if self._lengths is None:
-            self._offsets = [np.load(s.index, mmap_mode="r")[:, 0] for s in self.shards]
-            self._lengths = [np.load(s.index, mmap_mode="r")[:, 1] for s in self.shards]
+            self._offsets, self._lengths = [], []
+            for shard_id, shard in enumerate(self.shards):
+                try:
+                    rows = load_index(shard)
+                    if not shard.count:  # no position reads it, so its tar is checked here: it must be empty too
+                        open_tar(shard, rows[:, 0], self.config.verify)
+                except BadInputError as e:
+                    self._drop(shard_id, e, policy)
+                    rows = np.zeros((shard.count, 2), np.int64)  # positions stay; the samples are skipped
+                self._offsets.append(rows[:, 0])
+                self._lengths.append(rows[:, 1])
         return self._lengths
+
+    def _drop(self, shard_id: int, error: BadInputError, policy: BadInputPolicy) -> None:
+        policy.bad(error.path, None, error.problem)  # raises unless skipping
+        self._bad.add(shard_id)  # a shard that fails a check is dropped whole
 
     def _sample(self, shard_id: int, j: int, policy: BadInputPolicy) -> dict | None:
         shard = self.shards[shard_id]
@@ -257,26 +379,29 @@ class ShardStream(IterableDataset):
             return None
         try:
             if shard_id not in self._bufs:
-                self._bufs[shard_id] = _verified(shard, self.config.verify)
-            return read_sample(self._bufs[shard_id], shard, int(self._offsets[shard_id][j]))
+                self._bufs[shard_id] = open_tar(shard, self._offsets[shard_id], self.config.verify)
+            return read_sample(self._bufs[shard_id], shard, int(self._offsets[shard_id][j]), self.config.verify)
         except BadInputError as e:
-            policy.bad(shard.path, None, e.problem)
-            self._bad.add(shard_id)  # a shard that fails its check is dropped whole
+            self._drop(shard_id, e, policy)
             return None
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
-        sequence = EpochSequence(self.shards, self._index(), self.config, self.epoch)
         policy = BadInputPolicy(self.config.on_bad_input)
-        b = self.config.batch_size
-        for j in range(wid, self.batches(self.start), nw):
-            first = self.start + j * self.step_samples + self.rank * b
-            samples = [self._sample(s, k, policy) for s, k in sequence.at(first, b)]
-            kept = [s for s in samples if s is not None]
-            batch = collate(kept, self.pad_id, self.decoder_start_id) if kept else {}
-            batch["skipped"] = len(samples) - len(kept)
-            yield batch
+        try:
+            sequence = EpochSequence(self.shards, self._index(policy), self.config, self.epoch)
+            b = self.config.batch_size
+            for j in range(wid, self.batches(self.start), nw):
+                first = self.start + j * self.step_samples + self.rank * b
+                samples = [self._sample(s, k, policy) for s, k in sequence.at(first, b)]
+                kept = [s for s in samples if s is not None]
+                batch = collate(kept, self.pad_id, self.decoder_start_id) if kept else {}
+                batch["skipped"] = len(samples) - len(kept)
+                yield batch
+        except BadInputError as e:
+            # Handed over as data: a DataLoader worker re-raises what it catches as a RuntimeError.
+            yield {"bad_input": (e.path, e.line, e.problem)}
         policy.report(sys.stderr)
 
 
@@ -326,6 +451,8 @@ class ShardLoader:
                             persistent_workers=False, multiprocessing_context="fork" if self.num_workers else None,
                             generator=torch.Generator().manual_seed(self.config.seed))
         for batch in loader:
+            if "bad_input" in batch:
+                raise BadInputError(*batch["bad_input"])
             self.consumed += self.stream.step_samples
             self.skipped += batch.pop("skipped")
             if batch:
