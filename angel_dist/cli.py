@@ -111,8 +111,24 @@ def _add_corpus_common(p) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
+class _Parser(argparse.ArgumentParser):
+    """`angel run RECIPE --run-dir D KEY=VALUE`: argparse hands out a sub-command's positionals
+    before the options that follow them, so overrides after an option come back unrecognized.
+    parse_intermixed_args would take them but refuses parsers with sub-commands; this does the
+    same for the sub-commands that take overrides: leftover non-option words are overrides."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "overrides", None), list):
+            parsed.overrides += [a for a in extra if not a.startswith("-")]
+            extra = [a for a in extra if a.startswith("-")]
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="angel", description=__doc__)
+    p = _Parser(prog="angel", description=__doc__)
     groups = p.add_subparsers(dest="group", required=True)
 
     kb = groups.add_parser("kb", help="knowledge base tables").add_subparsers(dest="command", required=True)
@@ -191,13 +207,15 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default="tiny", help="a preset (tiny, small, base, large), a model directory or a "
                                                      "cached HF name")
     tr.add_argument("--tokenizer", required=True)
-    tr.add_argument("--ds-config", default="ds_configs/zero2.json")
-    tr.add_argument("--workers", type=int, default=1, help="ranks (Ray Train workers)")
+    tr.add_argument("--ds-config", default="ds_configs/zero2.json",
+                    help="a DeepSpeed config; ds_configs/... is also found in the checkout or the install")
+    tr.add_argument("--workers", default="1", help="ranks (Ray Train workers), or MIN,MAX: each (re)start takes "
+                                                   "as many as the live nodes hold")
     tr.add_argument("--gpus-per-worker", type=float, default=0.0)
     tr.add_argument("--out", required=True, help="run directory; an existing run resumes from its latest checkpoint")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any train config field, e.g. --set lr=1e-5 --set max_steps=1000 (repeatable)")
-    tr.add_argument("--quiet", action="store_true")
+    tr.add_argument("--quiet", action="store_true", help="no progress lines")
     tr.set_defaults(run=_train)
     ex = groups.add_parser("export", help="a linker bundle: the HF model, the trie with the KB's names and ids, a "
                                           "model card and a checked manifest")
@@ -272,7 +290,7 @@ def parser() -> argparse.ArgumentParser:
     ru.add_argument("recipe", help="a recipe YAML (launchers/recipes/)")
     ru.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, e.g. pretrain.lr=1e-4")
     ru.add_argument("--run-dir", required=True, help="run directory; rerunning on it resumes")
-    ru.add_argument("--quiet", action="store_true")
+    ru.add_argument("--quiet", action="store_true", help="no progress bars or training progress lines")
     ru.set_defaults(run=_run)
     st = groups.add_parser("status", help="the stages of a pipeline run")
     st.add_argument("run_dir")
@@ -280,7 +298,7 @@ def parser() -> argparse.ArgumentParser:
     de = groups.add_parser("demo", help="the whole pipeline on HPO, local Ray, CPU (launchers/recipes/demo-hpo.yaml)")
     de.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     de.add_argument("--run-dir", default="runs/demo")
-    de.add_argument("--quiet", action="store_true")
+    de.add_argument("--quiet", action="store_true", help="no progress bars or training progress lines")
     de.set_defaults(run=_demo)
     return p
 
@@ -302,7 +320,33 @@ def _add_search_common(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--placement", choices=("PACK", "SPREAD"), default="PACK",
+                   help="SPREAD: the actors on as many nodes as possible (default: Ray's choice)")
     p.add_argument("--quiet", action="store_true")
+
+
+def _from_command_line(text: str, kind, key: str):
+    """A command-line value as its field's type; a list may be written `a,b` and a mapping in YAML
+    (`{name: 1}`), where a recipe's YAML gives them as they are."""
+    import yaml
+
+    from angel_dist.typed import ConfigError, coerce
+
+    try:
+        return coerce(text, kind, key)
+    except ConfigError as error:
+        errors = [error]
+    try:
+        written = yaml.safe_load(text)
+    except yaml.YAMLError:
+        written = None
+    for value in ([v.strip() for v in text.strip("[] ").split(",") if v.strip()], written):
+        try:
+            return coerce(value, kind, key)
+        except ConfigError as error:
+            errors.append(error)
+    # What was wrong with the items of a list says more than that the text was not a list.
+    raise errors[1] if errors[0].problem.startswith("expected a list") else errors[0]
 
 
 def _train(args) -> None:
@@ -310,18 +354,17 @@ def _train(args) -> None:
 
     from angel_dist.train.config import TrainConfig
     from angel_dist.train.launch import run_training
-    from angel_dist.typed import coerce
 
-    values = {"objective": args.objective, "data": args.data, "model": args.model, "tokenizer": args.tokenizer,
-              "ds_config": args.ds_config, "workers": args.workers, "gpus_per_worker": args.gpus_per_worker,
-              "out": args.out, "progress": not args.quiet}
     types = typing.get_type_hints(TrainConfig)
+    values = {"objective": args.objective, "data": args.data, "model": args.model, "tokenizer": args.tokenizer,
+              "ds_config": args.ds_config, "workers": _from_command_line(args.workers, types["workers"], "--workers"),
+              "gpus_per_worker": args.gpus_per_worker, "out": args.out, "progress": not args.quiet}
     for item in args.set or ():
         key, sep, value = item.partition("=")
         key = key.removeprefix("train.")
         if not sep or key not in types:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(types))}")
-        values[key] = coerce(value, types[key], f"--set {key}")
+        values[key] = _from_command_line(value, types[key], f"--set {key}")
     run = run_training(TrainConfig.from_dict(values))
     print(f"trained: {run} (metrics in {run / 'metrics.jsonl'}, checkpoints in {run / 'checkpoints'})")
 
@@ -342,7 +385,7 @@ def _mine(args) -> None:
                                beams=args.beams, dpo_topk=args.dpo_topk, gold_fallback=args.gold_fallback,
                                round=args.round, fraction=args.fraction, seed=args.seed, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               overwrite=args.overwrite, progress=not args.quiet))
+                               placement=args.placement, overwrite=args.overwrite, progress=not args.quiet))
     stats = manifest["stats"]
     print(f"wrote {args.out}: {manifest['total']} pairs from {stats.get('inputs', 0)} inputs "
           f"({stats.get('inputs_with_pairs', 0)} with pairs, {stats.get('top1_correct', 0)} correct at beam 1, "
@@ -357,7 +400,7 @@ def _evaluate(args) -> None:
     summary = evaluate(EvalConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, beams=args.beams,
                                   k=k, actors=args.actors, batch_size=args.batch_size,
                                   cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                                  progress=not args.quiet))
+                                  placement=args.placement, progress=not args.quiet))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, k))
     if args.out:
         print(f"predictions: {args.out}")
@@ -447,13 +490,18 @@ def _run(args) -> None:
 
 
 def _status(args) -> None:
+    from angel_dist.pipeline.run import train_dir
     from angel_dist.pipeline.state import read_state
+    from angel_dist.train.progress import describe, read_progress
 
     state = read_state(args.run_dir)
     print(f"{'stage':<22} {'status':<8} {'seconds':>9}  outputs")
     for name, record in sorted(state["stages"].items(), key=lambda kv: kv[1]["order"]):
         out = record["outputs"]
         brief = ", ".join(f"{k}={v}" for k, v in out.items() if isinstance(v, (int, float)) or k == "dev_acc1")
+        progress = read_progress(train_dir(args.run_dir, name)) if record["status"] == "running" else None
+        if progress is not None:  # a training stage (or a round's training) under way
+            brief = f"training: {describe(progress)}"
         seconds = record.get("seconds")
         print(f"{name:<22} {record['status']:<8} {'-' if seconds is None else f'{seconds:.1f}':>9}  {brief}")
 
@@ -469,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (BadInputError, FileNotFoundError, ValueError) as e:
+    except (BadInputError, FileNotFoundError, ValueError, TimeoutError) as e:
         print(f"angel: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -38,3 +38,16 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address != "127.0.0.1":
         ray.shutdown()
         raise RuntimeError(f"local Ray came up on {address}, not 127.0.0.1; refusing to run off loopback")
+
+
+def assigned_device(requested_gpus: float = 0.0) -> str:
+    """"cuda" when Ray gave this worker or actor a GPU and torch can use it, else "cpu".
+
+    The accelerator follows the resources each rank or actor was given where it runs, never the
+    machine that submitted the job (a laptop or login node without GPUs submits to GPU nodes).
+    A process outside Ray (bench/train.py's in-process rank) goes by the GPUs it asks for."""
+    import ray
+    import torch
+
+    given = bool(ray.get_gpu_ids()) if ray.is_initialized() else requested_gpus > 0
+    return "cuda" if given and torch.cuda.is_available() else "cpu"

@@ -111,6 +111,8 @@ def _as(value, kind, key: str):
     if origin is dict or kind is dict:
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
+        if args:
+            return {coerce(k, args[0], key): coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return value
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, kind):

@@ -1,6 +1,12 @@
 import json
+import re
+import shlex
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import torch
 
 from angel_dist.cli import main
 from test_kb_umls import conso, sty, write_meta
@@ -69,3 +75,143 @@ def test_cli_empty_inputs_stop_unless_allowed_and_out_may_not_be_a_directory(tmp
     err = capsys.readouterr().err
     assert "split.txt: no examples (" in err and "other_entity_type 1" in err and "--allow-empty" in err
     assert not out.exists()
+
+
+# -- every command line the README and the launchers show parses with the real parser --------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+_SHELL_VALUES = {'"$recipe"': "launchers/recipes/demo-hpo.yaml", '"$run_dir"': "runs/demo", '"$@"': "kb.limit=10"}
+
+
+def _commands(text: str, usage_comments: bool = False) -> list[str]:
+    """`angel ...` invocations in one (continuation-joined) line: at its start, after `&&`, a pipe, `--`, a
+    `# =` comment (or any comment, in launchers, whose comments show usage), a YAML key or a backquote; up
+    to a comment, `&&`, a pipe or a backquote."""
+    for var, value in _SHELL_VALUES.items():
+        text = text.replace(var, value)
+    comment = r"#\s*=?" if usage_comments else r"#\s*="
+    return [m.group(1).strip() for m in re.finditer(rf"(?:^|&&|\||--|{comment}|:|`)\s*(angel\s+[a-z].*?)"
+                                                     r"(?=\s+#|\s+&&|\s+\||`|$)", text)]
+
+
+def _readme_command_lines() -> tuple[list[str], list[str]]:
+    """(command lines of the README's code blocks, inline code spans that are command lines)."""
+    blocks, spans, inside, pending = [], [], False, ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        if inside:
+            pending += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+            if not line.endswith("\\"):
+                blocks.append(pending)
+                pending = ""
+        else:
+            # An inline span with an option is a command line; `angel run` alone names a command.
+            spans += [s for s in re.findall(r"`(angel [^`]+)`", line) if " --" in s]
+    return blocks, spans
+
+
+def _launcher_lines() -> list[str]:
+    return [line for path in sorted((ROOT / "launchers").rglob("*")) if path.is_file()
+            for line in path.read_text().splitlines() if re.search(r"\bangel\s+[a-z]", line)]
+
+
+def _argv_variants(command: str) -> list[list[str]]:
+    """The words after `angel`; `[--opt X]` optional parts once left out and once given (the first choice of
+    `a|b`, 2 for a count `N`)."""
+    without = re.sub(r"\s*\[[^\]]*\]", "", command)
+    with_ = re.sub(r"\[([^\]]*)\]", lambda m: re.sub(r"(\S+)\|\S+", r"\1", m.group(1).replace(" N", " 2")), command)
+    return [shlex.split(c)[1:] for c in dict.fromkeys((without, with_))]
+
+
+def test_every_command_line_of_the_readme_and_the_launchers_parses():
+    from angel_dist.cli import parser
+    from angel_dist.pipeline import load_recipe
+
+    blocks, spans = _readme_command_lines()
+    # A comment in a code block is prose (`# angel serve batched vs ...`) unless it shows a command (`# = angel ...`).
+    block_lines = [line for line in blocks if re.search(r"\bangel\s+[a-z]", re.sub(r"\s#(?!\s*=).*$", "", line))]
+    launcher_lines = _launcher_lines()
+    commands = []
+    for where, lines in (("README code block", block_lines), ("launchers", launcher_lines)):
+        for line in lines:
+            found = _commands(line, usage_comments=where == "launchers")
+            assert found, f"{where}: no `angel` command recognized in {line!r}"  # never skipped silently
+            commands += found
+    commands += spans
+    # What the README and launchers hold today (more is fine, fewer means lines went unseen).
+    assert len(block_lines) >= 29 and len(spans) >= 4 and len(launcher_lines) >= 4 and len(commands) >= 38
+    for command in commands:
+        for argv in _argv_variants(command):
+            try:
+                args = parser().parse_args(argv)
+            except SystemExit:
+                raise AssertionError(f"does not parse: {command!r}") from None
+            if args.group == "run" and (ROOT / args.recipe).exists():
+                load_recipe(ROOT / args.recipe, args.overrides, inputs=False)  # the overrides name real keys
+    assert any(c.startswith("angel run") and "=" in c.split("--run-dir")[-1] for c in commands)
+
+
+def test_angel_train_finds_ds_configs_from_any_working_directory(tmp_path, monkeypatch):
+    from angel_dist.train import TrainConfig
+    from angel_dist.train.launch import resolved
+
+    monkeypatch.chdir(tmp_path)
+    cfg = resolved(TrainConfig(data=["shards/x"], tokenizer="tok", out="runs/r"))  # `angel train`'s defaults
+    assert Path(cfg.ds_config) == ROOT / "ds_configs" / "zero2.json"
+    assert (Path(cfg.data[0]), Path(cfg.out), cfg.tokenizer) == (tmp_path / "shards/x", tmp_path / "runs/r", "tok")
+    cfg = resolved(TrainConfig(data=["x"], ds_config="ds_configs/ddp.json"))
+    assert Path(cfg.ds_config) == ROOT / "ds_configs" / "ddp.json"
+
+
+def test_status_shows_the_running_training_stage_step_and_eta(tmp_path, capsys):
+    from angel_dist.pipeline import load_recipe
+    from angel_dist.pipeline.run import train_dir
+    from angel_dist.pipeline.state import RunState
+    from angel_dist.train.progress import ProgressWriter
+
+    recipe = load_recipe(None)
+    state = RunState(tmp_path, {}, recipe.fingerprint())
+    state.run("kb", lambda: {"concepts": 5})
+    state.state["stages"]["pretrain"] = {"status": "running", "outputs": {}, "order": 1}
+    state._write()
+    writer = ProgressWriter(train_dir(tmp_path, "pretrain"), 0, 40, 2, every=0.0)
+    writer.add(torch.tensor(2.5), 100)
+    writer.step(10)
+    assert main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kb" in out and "concepts=5" in out
+    assert re.search(r"pretrain\s+running\s+-\s+training: step 10/40 \(25%\), loss 2\.5000, [\d,]+ tokens/s, ETA", out)
+
+
+def test_progress_lines_are_bounded_however_fast_the_steps(tmp_path, capsys):
+    from angel_dist.train.progress import ProgressTail, ProgressWriter
+
+    writer = ProgressWriter(tmp_path, 0, 1000, 1, every=0.4)
+    with ProgressTail(tmp_path, "train t", every=0.4):
+        start = time.monotonic()
+        for step in range(1, 1001):  # 1000 steps in ~2 s
+            writer.add(torch.tensor(1.0), 10)
+            time.sleep(0.002)
+            writer.step(step)
+        seconds = time.monotonic() - start
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("[angel] train t: step ") for line in lines)
+    assert 2 <= len(lines) <= seconds / 0.4 + 2  # no more than one a period, and the last one at the end
+    assert lines[-1].startswith("[angel] train t: step 1000/1000 (100%)")
+
+
+def test_workers_a_cluster_holds_count_live_nodes_and_the_placement():
+    from angel_dist.train.launch import hostable_workers
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0, "train": 1.0}},
+             {"Alive": True, "Resources": {"CPU": 2.0, "train": 2.0}},
+             {"Alive": False, "Resources": {"CPU": 8.0, "train": 8.0}},  # a lost node holds nothing
+             {"Alive": True, "Resources": {"CPU": 8.0}}]  # no `train`
+    need = {"CPU": 1.0, "train": 1.0}
+    assert hostable_workers(need, "PACK", nodes) == 3
+    assert hostable_workers(need, "STRICT_SPREAD", nodes) == 2
+    assert hostable_workers(need, "STRICT_PACK", nodes) == 2
+    assert hostable_workers({"CPU": 3.0}, "SPREAD", nodes) == 1 + 2
+    assert hostable_workers({"CPU": 1.0, "GPU": 1.0}, "PACK", nodes) == 0

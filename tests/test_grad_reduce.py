@@ -47,7 +47,7 @@ def _rank(rank: int, world: int, port: int, shared_memory: bool, out) -> None:
     if shared_memory:
         from angel_dist.train.strategy import _shared_memory_all_reduce, init_distributed
 
-        init_distributed(on_gpu=False)
+        init_distributed(on_gpu=False, node_local=True)
         reduce = _shared_memory_all_reduce()
         assert reduce is not None, "DeepSpeed's shared-memory all-reduce did not come up"
         dist.barrier()  # every rank has unlinked its segment

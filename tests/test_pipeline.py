@@ -140,15 +140,20 @@ def ray_head(tmp_path_factory):
     head.wait(timeout=60)
 
 
-def _submit(ray_head, recipe: Path, run_dir: Path, faults: dict | None = None) -> int:
+# An override on every submission, as `launchers/submit.sh RECIPE KEY=VALUE` passes it (after the
+# options of `angel run`): the recipe file saves every 1000 steps, the runs every 10.
+OVERRIDES = ["pretrain.save_every=10"]
+
+
+def _submit(ray_head, recipe: Path, run_dir: Path, faults: dict | None = None) -> subprocess.CompletedProcess:
     address, env = ray_head
     env = {**env, "RAY_ADDRESS": address, "RUN_DIR": str(run_dir), "ENTRYPOINT_CPUS": "0",
            "ANGEL_ENV_JSON": json.dumps(faults or {})}
-    done = subprocess.run(["bash", str(ROOT / "launchers" / "submit.sh"), str(recipe)], env=env,
+    done = subprocess.run(["bash", str(ROOT / "launchers" / "submit.sh"), str(recipe), *OVERRIDES], env=env,
                           capture_output=True, text=True, timeout=900)
     if done.returncode and not faults:
         print(done.stdout[-4000:], done.stderr[-4000:], file=sys.stderr)
-    return done.returncode
+    return done
 
 
 def _pair_shards(run_dir: Path) -> dict:
@@ -162,13 +167,20 @@ def test_submitted_run_crashed_mid_training_and_mid_mining_resumes_to_the_same_r
         "name": "tiny", "model": "tiny", "workers": 1,
         "kb": {"format": "obo", "source": "hpo", "limit": 120, "holdout": 0.3},
         "tokenizer": {"vocab_size": 700}, "corpus": {"shards": 2},
-        "pretrain": {"max_steps": 30, "lr": 3e-3, "batch_size": 16, "save_every": 10, "warmup_steps": 0},
+        "pretrain": {"max_steps": 30, "lr": 3e-3, "batch_size": 16, "save_every": 1000, "warmup_steps": 0},
         "pretrain_rounds": {"rounds": 2, "fraction": 1.0, "patience": 3,
                             "train": {"lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_steps": 4}},
         "mine": {"actors": 1, "beams": 5, "dpo_topk": 3}, "evaluate": {"k": 3}}))
     clean = tmp_path / "clean"
-    assert _submit(ray_head, recipe, clean) == 0
-    table = json.loads((clean / "run.json").read_text())["stages"]["final-eval"]["outputs"]
+    done = _submit(ray_head, recipe, clean)
+    assert done.returncode == 0
+    run = json.loads((clean / "run.json").read_text())
+    assert run["recipe"]["pretrain"]["save_every"] == 10  # the override reached `angel run`
+    # The job's log (what `ray job submit` follows) carries rank 0's progress through the driver.
+    assert "[angel] train pretrain: step 30/30 (100%), loss" in done.stdout
+    starts = run["stages"]["pretrain"]["placement"][0]["starts"]  # where the ranks ran
+    assert [(r["rank"], r["ip"]) for r in starts[0]["ranks"]] == [(0, "127.0.0.1")]
+    table = run["stages"]["final-eval"]["outputs"]
     assert set(table) == {"positive-only", "angel", "char TF-IDF nearest name"}
     assert table["angel"]["dev"]["mentions"] == table["char TF-IDF nearest name"]["dev"]["mentions"] > 0
     assert (clean / "report.md").exists() and (clean / "rounds.png").exists() and (clean / "loss.png").exists()
@@ -178,14 +190,14 @@ def test_submitted_run_crashed_mid_training_and_mid_mining_resumes_to_the_same_r
 
     crashed = tmp_path / "crashed"
     faults = {"ANGEL_FAULT_INJECT": "0:20", "ANGEL_PIPELINE_FAULT": "pretrain-round-1:1"}
-    assert _submit(ray_head, recipe, crashed, faults) != 0  # a training worker dies at step 20
+    assert _submit(ray_head, recipe, crashed, faults).returncode != 0  # a training worker dies at step 20
     state = json.loads((crashed / "run.json").read_text())["stages"]
     assert state["pretrain"]["status"] == "running"
     assert (crashed / "train" / "pretrain" / "checkpoints" / "latest").exists()
-    assert _submit(ray_head, recipe, crashed, faults) != 0  # the driver dies after one pair shard
+    assert _submit(ray_head, recipe, crashed, faults).returncode != 0  # the driver dies after one pair shard
     state = json.loads((crashed / "run.json").read_text())["stages"]
     assert state["pretrain"]["status"] == "done" and state["pretrain-round-1"]["status"] == "running"
-    assert _submit(ray_head, recipe, crashed, faults) == 0
+    assert _submit(ray_head, recipe, crashed, faults).returncode == 0
     assert json.loads((crashed / "run.json").read_text())["stages"]["final-eval"]["outputs"] == table
     assert _pair_shards(crashed) == pairs
 

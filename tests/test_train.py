@@ -435,8 +435,52 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="metrics.jsonl:4: dropped the last line"):
         assert [m["step"] for m in read_metrics(tmp_path)] == [5, 10, 15]
     with pytest.warns(UserWarning, match="dropped the last line"):
-        MetricsLog(tmp_path, resumed_step=10, tensorboard=False).close()  # resuming from step 10
+        MetricsLog(tmp_path, resumed_step=10, loggers=[]).close()  # resuming from step 10
     assert [m["step"] for m in read_metrics(tmp_path)] == [5, 10]
     (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n" + "\x00" * 8 + "\n" + lines[1] + "\n")
     with pytest.raises(BadInputError, match="metrics.jsonl:2: expected one JSON object per line"):
         read_metrics(tmp_path)  # only the last line can be torn by an append
+
+
+def test_mlflow_file_store_tracks_the_logged_metrics_and_a_resumed_run_continues_it(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from angel_dist.train.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path, 0, ["mlflow"], experiment="exp")
+    for step in (1, 2, 3):
+        log.log(step, {"loss": 1.0 / step, "lr": 0.1})
+    log.close()
+    resumed = MetricsLog(tmp_path, 2, ["mlflow"], experiment="exp")  # steps after 2 are redone
+    resumed.log(3, {"loss": 0.25, "lr": 0.1})
+    resumed.close()
+    run_id = json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient((tmp_path / "mlruns").resolve().as_uri())
+    assert client.get_run(run_id).info.run_name == tmp_path.name
+    assert client.get_experiment(client.get_run(run_id).info.experiment_id).name == "exp"
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")]
+    assert sorted(history) == [(1, 1.0), (2, 0.5), (3, 0.25), (3, 1 / 3)]
+    assert [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [1.0, 0.5, 0.25]  # the JSONL keeps one record per step
+    assert not (tmp_path / "tensorboard").exists()  # only the loggers chosen
+
+
+def test_wandb_offline_run_is_created_and_resumed_without_network(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # not in the dev extra: `pip install .[trackers]`
+    from angel_dist.train.metrics import MetricsLog
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for resumed_step in (0, 1):
+        log = MetricsLog(tmp_path, resumed_step, ["wandb"])
+        log.log(resumed_step + 1, {"loss": 0.5})
+        log.close()
+    run_id = json.loads((tmp_path / "trackers.json").read_text())["wandb"]
+    runs = sorted((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 2 and all((r / f"run-{run_id}.wandb").stat().st_size > 0 for r in runs)
+
+
+def test_unknown_loggers_are_refused():
+    with pytest.raises(ValueError, match=r"loggers\[1\]: expected one of 'tensorboard', 'mlflow', 'wandb', got 'neptune'"):
+        TrainConfig(data=["x"], loggers=["tensorboard", "neptune"])

@@ -14,7 +14,7 @@ from angel_dist.typed import ConfigError, PositiveInt, Range, Share, check_field
     (False, bool, False), ("none", int | None, None), (None, int | None, None), ("7", int | None, 7), (None, str, ""),
     (12, str, "12"), (Path("a/b"), str, "a/b"), (["a", "b"], list[str], ["a", "b"]), ([1, "2"], tuple[int, ...], (1, 2)),
     ("obo", Literal["obo", "medic"], "obo"), ("1", PositiveInt, 1), (1, Share, 1.0), ({"a": 1}, dict, {"a": 1}),
-    ([2, 3], int | list[int], [2, 3]), (2, int | list[int], 2),
+    ([2, 3], int | list[int], [2, 3]), (2, int | list[int], 2), ({"train": "1"}, dict[str, float], {"train": 1.0}),
 ])
 def test_values_become_their_fields_types(value, kind, expected):
     got = coerce(value, kind, "x")
@@ -32,7 +32,7 @@ def test_values_become_their_fields_types(value, kind, expected):
     ("xml", Literal["obo", "medic"], "x: expected one of 'obo', 'medic', got 'xml'"),
     (0, PositiveInt, "x: expected an integer >= 1, got 0"), (0, Share, r"expected a number in \(0, 1\], got 0.0"),
     (1.0, Annotated[float, Range(ge=0, lt=1)], r"in \[0, 1\), got 1.0"), (-1, Annotated[int, Range(le=-2)], "<= -2"),
-    ("x", int | list[int], "x: expected an integer or a list"),
+    ("x", int | list[int], "x: expected an integer or a list"), ({"gpu": "a"}, dict[str, float], "x.gpu: expected a number"),
 ])
 def test_bad_values_are_refused_with_where_they_came_from(value, kind, message):
     with pytest.raises(ConfigError, match=message):

@@ -29,6 +29,7 @@ class EvalConfig:
     batch_size: int = 32
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
     progress: bool = True
 
 
@@ -50,7 +51,7 @@ def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | 
     results = run_pool("predict", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size,
                                                     cfg.gpus_per_actor), MineSettings(), cfg.actors,
                        cfg.cpus_per_actor, cfg.gpus_per_actor, total_inputs=sum(j[1].count for j in jobs),
-                       progress=cfg.progress, desc="evaluate")
+                       progress=cfg.progress, desc="evaluate", placement=cfg.placement)
     kb_cuis = set(pc.unique(pc.list_flatten(trie.names()["cuis"])).to_pylist()) if trie is not None else set()
     out = {}
     for name in sets:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +41,7 @@ class MineConfig:
     batch_size: PositiveInt = 32  # inputs per beam-search batch
     cpus_per_actor: PositiveFloat = 1.0
     gpus_per_actor: NonNegativeFloat = 0.0
+    placement: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: the actors on as many nodes as possible
     overwrite: bool = False
     progress: bool = True
 
@@ -92,7 +94,7 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
     run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
-             desc="mine", on_result=on_shard)
+             desc="mine", on_result=on_shard, placement=cfg.placement)
     manifest = finish(plan)
     write_trl_parquet(plan.out)
     return manifest

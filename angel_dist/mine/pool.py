@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from angel_dist.mine.work import GoldNames, MineSettings, mine_shard, predict_shard
+from angel_dist.placement import here, record
 from angel_dist.ray_env import init_ray
 from angel_dist.shards.reader import Shard
 
@@ -24,9 +25,11 @@ class ShardWorker:
         import torch
 
         from angel_dist.decode.linker import Linker
+        from angel_dist.ray_env import assigned_device
 
         torch.set_num_threads(max(1, threads))
-        self.linker = Linker(**linker)
+        # The device this actor was given, decided here rather than where the pool was started.
+        self.linker = Linker(**{**linker, "device": assigned_device()})
         self.settings = settings
         self.gold_names = GoldNames(self.linker.trie.names()) if settings.gold_fallback else None
         self.fault = None
@@ -38,25 +41,34 @@ class ShardWorker:
         return True
 
     def mine(self, index: int, shard: Shard, out: str, config_hash: str) -> dict:
-        return mine_shard(self.linker, shard, index, out, config_hash, self.settings, self.gold_names, self.fault)
+        return self._placed(mine_shard(self.linker, shard, index, out, config_hash, self.settings, self.gold_names,
+                                       self.fault))
 
     def predict(self, index: int, shard: Shard) -> dict:
-        return predict_shard(self.linker, shard, index, self.settings.search_chunk)
+        return self._placed(predict_shard(self.linker, shard, index, self.settings.search_chunk))
+
+    @staticmethod
+    def _placed(result: dict) -> dict:
+        """The result with where it was computed: after a lost node, Ray restarts the actor elsewhere."""
+        import ray
+
+        return {**result, "actor": ray.get_runtime_context().get_actor_id(), **here()}
 
     def annotate(self, index: int, documents: list, parts: str, config_hash: str, k: int) -> dict:
         from angel_dist.annotate.work import annotate_shard  # annotate's package imports this pool's
 
-        return annotate_shard(self.linker, documents, index, parts, config_hash, k, self.settings.search_chunk,
-                              self.fault)
+        return self._placed(annotate_shard(self.linker, documents, index, parts, config_hash, k,
+                                           self.settings.search_chunk, self.fault))
 
 
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,
              cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, fault: str | None = None,
              fault_dir: str | None = None, total_inputs: int | None = None, progress: bool = True,
-             desc: str = "search", on_result=None, on_ready=None) -> dict[int, dict]:
+             desc: str = "search", on_result=None, on_ready=None, placement: str = "PACK") -> dict[int, dict]:
     """Run `ShardWorker.<method>(*job)` for every job (its first element is the shard index) on
     `actors` actors; returns {index: result}. The bar starts once every actor holds its model
-    (`on_ready` is called then) and counts inputs (mentions) per second."""
+    (`on_ready` is called then) and counts inputs (mentions) per second. `placement` SPREAD puts
+    the actors on as many nodes as it can (Ray's SPREAD scheduling), PACK leaves it to Ray."""
     import ray
     from ray.util import ActorPool
 
@@ -65,8 +77,10 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
         return {}
     threads = max(1, int(cpus_per_actor))
     env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    # An actor whose node is lost restarts on a node that has room and redoes its unfinished shard.
     worker = ray.remote(ShardWorker).options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, max_restarts=3,
-                                             max_task_retries=3, runtime_env={"env_vars": env})
+                                             max_task_retries=3, runtime_env={"env_vars": env},
+                                             scheduling_strategy="SPREAD" if placement == "SPREAD" else "DEFAULT")
     handles = [worker.remote(linker, settings, threads, fault, fault_dir) for _ in range(max(1, min(actors, len(jobs))))]
     ray.get([actor.ready.remote() for actor in handles])
     if on_ready is not None:
@@ -85,4 +99,9 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
             ray.kill(actor)
     if len(results) != len(jobs):
         raise RuntimeError(f"{len(jobs) - len(results)} shard(s) produced no result")
+    placed: dict[tuple, list[int]] = {}
+    for i in sorted(results):
+        placed.setdefault(tuple(results[i][k] for k in ("actor", "node_id", "ip")), []).append(i)
+    record("actors", method=method, actors=[{"actor": a, "node_id": n, "ip": ip, "shards": shards}
+                                            for (a, n, ip), shards in placed.items()])
     return results

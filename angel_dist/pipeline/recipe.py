@@ -28,7 +28,8 @@ from angel_dist.typed import ConfigError, NonNegativeInt, PositiveInt, Range, Sh
 
 # Set by the pipeline for each training stage, never by a recipe's train section.
 PIPELINE_OWNED = ("objective", "data", "model", "tokenizer", "out", "ds_config", "workers", "gpus_per_worker",
-                  "cpus_per_worker", "progress")
+                  "cpus_per_worker", "worker_resources", "placement", "loggers", "tracking_uri", "experiment",
+                  "progress")
 
 
 @dataclass
@@ -96,6 +97,7 @@ class MineRecipe:
     gold_fallback: bool = False
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
 
     def __post_init__(self):
         check_fields(self)
@@ -116,9 +118,13 @@ class Recipe:
     seed: int = 0
     model: str = "tiny"  # a preset, a model directory or a cached HF name
     ds_config: str = "ds_configs/zero2.json"
-    workers: int = 1
+    workers: int | list[int] = 1  # training ranks, or [MIN, MAX]: each (re)start takes what the live nodes hold
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
+    worker_resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources of each rank
+    placement: str = "PACK"  # the ranks' placement group strategy (SPREAD: over as many nodes as possible)
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # and/or mlflow, wandb
+    tracking_uri: str = ""  # MLflow's; empty: a file store in each training stage's directory
     kb: KbRecipe = field(default_factory=KbRecipe)
     tokenizer: TokenizerRecipe = field(default_factory=TokenizerRecipe)
     corpus: CorpusRecipe = field(default_factory=CorpusRecipe)
@@ -143,7 +149,9 @@ class Recipe:
     def _placement(self) -> dict:
         """The recipe's own values of TrainConfig fields the pipeline sets in every training stage."""
         return {"workers": self.workers, "gpus_per_worker": self.gpus_per_worker,
-                "cpus_per_worker": self.cpus_per_worker, "seed": self.seed}
+                "cpus_per_worker": self.cpus_per_worker, "worker_resources": self.worker_resources,
+                "placement": self.placement, "loggers": self.loggers, "tracking_uri": self.tracking_uri,
+                "seed": self.seed}
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]

@@ -94,10 +94,12 @@ class Pipeline:
         manifest = mine(MineConfig(model=model, trie=trie, data=data, out=str(pairs), actors=m.actors, beams=m.beams,
                                    dpo_topk=m.dpo_topk, gold_fallback=m.gold_fallback, round=i, seed=self.recipe.seed,
                                    batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor,
-                                   gpus_per_actor=m.gpus_per_actor, progress=self.progress, **sample),
+                                   gpus_per_actor=m.gpus_per_actor, placement=m.placement, progress=self.progress,
+                                   **sample),
                         on_shard=self._fault_hook(name))
         out = {"pairs": str(pairs), "n_pairs": manifest["total"], "mining": manifest["stats"]}
-        per_rank = manifest["total"] // self.recipe.workers
+        r = self.recipe
+        per_rank = manifest["total"] // (r.workers if isinstance(r.workers, int) else r.workers[1])
         if per_rank == 0:  # nothing to learn from: the model stays
             return {**out, **self.scored(model, trie, evals), "steps": 0}
         settings = dict(cfg.train)
@@ -178,11 +180,13 @@ class Pipeline:
         from angel_dist.train.metrics import read_metrics
 
         r = self.recipe
-        run = self.dir / "train" / name
+        run = train_dir(self.dir, name)
         cfg = TrainConfig(objective=objective, data=[data], model=model, tokenizer=self._tokenizer(), out=str(run),
                           ds_config=str(find_resource(r.ds_config)), workers=r.workers,
                           gpus_per_worker=r.gpus_per_worker, cpus_per_worker=r.cpus_per_worker,
-                          progress=self.progress, **{"seed": r.seed, **settings})
+                          worker_resources=r.worker_resources, placement=r.placement, loggers=r.loggers,
+                          tracking_uri=r.tracking_uri, experiment=r.name, progress=self.progress,
+                          **{"seed": r.seed, **settings})
         run_training(cfg)
         metrics = read_metrics(run)
         return {"model": str(model_directory(run)), "run": str(run), "steps": metrics[-1]["step"] if metrics else 0}
@@ -195,7 +199,7 @@ class Pipeline:
         m, k = self.recipe.mine, self.recipe.evaluate.k
         cfg = EvalConfig(model=model, trie=trie, data="", beams=max(m.beams, k), k=k, actors=m.actors,
                          batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor, gpus_per_actor=m.gpus_per_actor,
-                         progress=self.progress)
+                         placement=m.placement, progress=self.progress)
         return {split: {key: v for key, v in summary.items() if key != "model"}
                 for split, summary in evaluate_sets(cfg, evals).items()}
 
@@ -258,6 +262,11 @@ class Pipeline:
             if len(seen) >= after:
                 crash_once(marker, f"{FAULT_ENV}: the driver dies in {stage} after {after} pair shard(s)", 17)
         return hook
+
+
+def train_dir(run_dir: str | Path, stage: str) -> Path:
+    """Where a training stage (or a round's training) keeps its checkpoints, metrics and progress."""
+    return Path(run_dir) / "train" / stage
 
 
 def run_pipeline(recipe: Recipe, run_dir: str | Path, progress: bool = True) -> dict:

@@ -1,7 +1,12 @@
 """run.json: the state of a pipeline run, one record per stage, rewritten atomically.
 
   {"recipe_fingerprint", "recipe", "stages": {name: {"status": "running" | "done",
-   "outputs": {...}, "seconds": s, "order": i}}}
+   "outputs": {...}, "seconds": s, "order": i, "placement": [...]}}}
+
+A stage's `placement` says where its work ran (angel_dist/placement.py): for training, every
+(re)start of the run's ranks, each rank's Ray node id and IP address, and whether the node-local
+all-reduce was on (earlier attempts of a resumed stage included); for searches, each actor with
+its node and the shards it did in the attempt that finished the stage.
 
 A stage counts as done only once its record says so, after its outputs are complete on disk;
 a rerun skips done stages and runs the others again, each of which is idempotent (shard
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from angel_dist.atomic import write_json
+from angel_dist.placement import recording
 
 RUN_FILE = "run.json"
 
@@ -53,8 +59,10 @@ class RunState:
         self._write()
         print(f"[angel] stage {name}", flush=True)
         t = time.perf_counter()
-        outputs = fn()
-        stages[name].update(status="done", outputs=outputs, seconds=round(time.perf_counter() - t, 2))
+        with recording() as placed:
+            outputs = fn()
+        stages[name].update(status="done", outputs=outputs, seconds=round(time.perf_counter() - t, 2),
+                            placement=placed)
         self._write()
         return outputs
 

@@ -11,6 +11,8 @@ from angel_dist.typed import (ConfigError, NonNegativeFloat, NonNegativeInt, Pos
 
 OBJECTIVES = ("nll", "dpo")
 SCHEDULES = ("linear", "polynomial", "constant")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
+LOGGERS = ("tensorboard", "mlflow", "wandb")  # beside metrics.jsonl, which is always written
 
 
 @dataclass
@@ -21,9 +23,13 @@ class TrainConfig:
     tokenizer: str = ""
     ds_config: str = "ds_configs/zero2.json"
     out: str = "runs/train"
-    workers: PositiveInt = 1
+    # Ranks: a number, or [MIN, MAX]: each (re)start takes as many as the live nodes hold, at least MIN.
+    workers: PositiveInt | list[PositiveInt] = 1
     gpus_per_worker: NonNegativeFloat = 0.0
     cpus_per_worker: PositiveFloat = 1.0
+    worker_resources: dict[str, PositiveFloat] = field(default_factory=dict)  # custom Ray resources of each rank
+    placement: Literal[PLACEMENTS] = "PACK"  # how the ranks spread over nodes (Ray placement group strategy)
+    capacity_timeout: PositiveFloat = 600.0  # seconds to wait for nodes that hold MIN workers before giving up
     batch_size: PositiveInt = 8  # per rank and micro-batch
     grad_accum: PositiveInt = 1
     epochs: PositiveFloat = 1.0
@@ -44,13 +50,27 @@ class TrainConfig:
     save_every: PositiveInt = 100
     keep_last: NonNegativeInt = 3  # 0: keep every checkpoint
     log_every: PositiveInt = 10
-    max_failures: Annotated[int, Range(ge=-1)] = 0  # Ray Train's: -1 retries forever
-    progress: bool = True
+    max_failures: Annotated[int, Range(ge=-1)] = 0  # restarts after a failed rank or a lost node; -1: no limit
+    progress: bool = True  # a progress line (step, loss, tokens/s, ETA) in the driver every progress_every s
+    progress_every: PositiveFloat = 10.0
+    loggers: list[Literal[LOGGERS]] = field(default_factory=lambda: ["tensorboard"])
+    tracking_uri: str = ""  # MLflow's; empty: a file store in RUN/mlruns
+    experiment: str = ""  # MLflow experiment and W&B project; empty: angel-dist
 
     def __post_init__(self):
         check_fields(self)
         if not self.data:
             raise ConfigError("data", "give at least one shard set directory")
+        if isinstance(self.workers, list) and (len(self.workers) != 2 or self.workers[0] > self.workers[1]):
+            raise ConfigError("workers", f"expected a number or [MIN, MAX] with MIN <= MAX, got {self.workers}")
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[0]
+
+    @property
+    def max_workers(self) -> int:
+        return self.workers if isinstance(self.workers, int) else self.workers[1]
 
     def to_dict(self) -> dict:
         return asdict(self)

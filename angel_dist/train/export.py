@@ -29,7 +29,10 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
     model = load_model(config["model"], tokenizer)
     ckpt.verified_meta(root, tag)
     with weights_only_loads():
-        state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        if any((root / tag).glob("zero_pp_rank_*")):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+        else:  # ZeRO stage 0 (ddp.json): DeepSpeed saves the whole fp32 model, which zero_to_fp32 does not read
+            state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
     if set(missing) - tied or unexpected:

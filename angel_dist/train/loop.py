@@ -9,6 +9,7 @@ consumed, valid for any world size (see angel_dist/shards/reader.py).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from angel_dist.train.config import TrainConfig
 from angel_dist.train.schedule import lr_at
 
 FAULT_ENV = "ANGEL_FAULT_INJECT"  # "RANK:STEP": that rank dies right after that optimizer step, once per run
+KEYS_ENV = "ANGEL_TRAIN_KEYS_LOG"  # a file: every rank appends the keys of each batch it reads (tests)
+PLACEMENT_FILE = "placement.json"
 # What a resumed run must share with the checkpoint it resumes from.
 _FIXED = ("objective", "data", "model", "tokenizer", "seed", "shuffle_buffer", "bucket", "dpo_loss", "beta")
 
@@ -61,7 +64,9 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
 
 def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None, dict]:
     """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
-    recorded checksums by rank 0, converted to universal on a world-size change."""
+    recorded checksums by rank 0, converted to universal on a world-size change. ZeRO stage 0
+    (ddp.json) saves the whole model and optimizer state, which any world size loads as it is
+    (DeepSpeed's converter reads only ZeRO's partitioned optimizer states)."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)
@@ -75,7 +80,7 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
     if changed:
         raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
                          f"use another --out to start a new run")
-    if meta["world_size"] == world:
+    if meta["world_size"] == world or not any((root / tag).glob("*_optim_states.pt")):
         return tag, tag, meta
     if rank == 0:
         from angel_dist.train.strategy import to_universal
@@ -87,26 +92,68 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
     return tag, f"{tag}.universal", meta
 
 
+def planned_steps(cfg: TrainConfig, loader: ShardLoader, step: int) -> int:
+    """The optimizer step the run ends at. `max_steps` counts steps; `epochs` is a place in the
+    data: `epochs` times the steps of an epoch at this world size, less the steps' worth of data
+    already read, so a run resumed on another world size (other samples per step) ends where the
+    uninterrupted run's data ends, neither repeating nor leaving out samples before it."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = max(len(loader) // cfg.grad_accum, 1)
+    done = loader.epoch * per_epoch + loader.consumed // (loader.stream.step_samples * cfg.grad_accum)
+    return max(step + round(cfg.epochs * per_epoch) - done, step, 1)
+
+
+def _placement(rank: int, world: int) -> tuple[list[dict], bool]:
+    """Every rank's node, and whether they all share this one. By Ray's node id: Ray Train's
+    LOCAL_WORLD_SIZE counts the ranks of an IP address, so two Ray nodes of one machine (or behind
+    one address) would pass for one."""
+    import torch.distributed as dist
+
+    from angel_dist.placement import here
+
+    ranks: list = [None] * world
+    dist.all_gather_object(ranks, {"rank": rank, **here()})
+    return ranks, len({r["node_id"] for r in ranks}) == 1
+
+
+def _record_placement(run: Path, step: int, ranks: list[dict], shared_memory: bool) -> None:
+    """Rank 0: one entry per (re)start of the run in RUN/placement.json, with whether the
+    node-local (shared-memory) all-reduce came up."""
+    from angel_dist.atomic import write_json
+    from angel_dist.errors import read_json
+
+    path = run / PLACEMENT_FILE
+    starts = read_json(path, "the ranks' placement") if path.exists() else []
+    write_json(path, starts + [{"from_step": step, "world": len(ranks), "ranks": ranks,
+                                "node_local_all_reduce": shared_memory}])
+
+
 def train_worker(loop_config: dict) -> None:
+    from angel_dist.ray_env import assigned_device
+
     cfg = TrainConfig.from_dict(loop_config["config"])
-    on_gpu = cfg.gpus_per_worker > 0 and torch.cuda.is_available()
-    if not on_gpu:
-        os.environ["DS_ACCELERATOR"] = "cpu"  # before DeepSpeed picks its accelerator
-    else:
+    on_gpu = assigned_device(cfg.gpus_per_worker) == "cuda"
+    # Before DeepSpeed picks its accelerator, and whatever the job's environment says.
+    os.environ["DS_ACCELERATOR"] = "cuda" if on_gpu else "cpu"
+    if on_gpu:
         # Batch shapes change from step to step (length buckets); cuDNN's attention builds an
         # execution plan for each new shape, the other SDPA kernels need none.
         torch.backends.cuda.enable_cudnn_sdp(False)
     import torch.distributed as dist
-    from tqdm import tqdm
 
     from angel_dist.train.metrics import MetricsLog
+    from angel_dist.train.progress import ProgressWriter
     from angel_dist.train.strategy import DeepSpeedStrategy, ds_config, init_distributed
 
     # As many compute threads as CPUs this rank was given: Ray does not cap torch's pool, which
     # otherwise spans the whole machine, so ranks sharing a node would oversubscribe its cores.
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
-    init_distributed(on_gpu)
+    if not dist.is_initialized():  # outside Ray Train (bench/train.py runs one rank in-process)
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    ranks, node_local = _placement(rank, world)
+    shared_memory = init_distributed(on_gpu, node_local)
     run, root = Path(cfg.out), Path(cfg.out) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
 
@@ -120,8 +167,6 @@ def train_worker(loop_config: dict) -> None:
     want = "pairs" if cfg.objective == "dpo" else "examples"
     if loader.kind != want:
         raise ValueError(f"objective {cfg.objective} trains on {want} shard sets; {cfg.data} holds {loader.kind}")
-    steps_per_epoch = max(len(loader) // cfg.grad_accum, 1)
-    total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
 
     tag, load, meta = _resume_plan(root, world, rank, cfg)
     strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
@@ -132,8 +177,9 @@ def train_worker(loop_config: dict) -> None:
         strategy.load(root, load)
         step = meta["step"]
         loader.load_state_dict(meta["reader"])
-        if load == tag:
+        if meta["world_size"] == world:  # a rank of another world size continues no rank's streams
             ckpt.load_rng(root / tag, rank)
+    total = planned_steps(cfg, loader, step)
     step_fn = dpo_step if cfg.objective == "dpo" else nll_step
 
     def save(at: int) -> None:
@@ -147,27 +193,34 @@ def train_worker(loop_config: dict) -> None:
                                                       "reader": loader.state_dict()}, cfg.keep_last)
         dist.barrier()
 
-    log = MetricsLog(run, step) if rank == 0 else None
-    bar = tqdm(total=total, initial=step, desc=f"train {cfg.objective}", disable=rank != 0 or not cfg.progress)
+    log = progress = None
+    if rank == 0:
+        _record_placement(run, step, ranks, shared_memory)
+        log = MetricsLog(run, step, cfg.loggers, cfg.experiment, cfg.tracking_uri)
+        progress = ProgressWriter(run, step, total, world, cfg.progress_every)
+    keys_log = loop_config.get("keys_log")
     # Dropout off during DPO, so policy and stored reference log-probs agree at the first step.
     # Eval mode, not TRL's disable_dropout_in_model: BART applies dropout functionally from
     # config floats, which that helper (it zeroes nn.Dropout modules) does not reach.
     strategy.train(cfg.objective != "dpo")
     sums: dict = {}
-    micro, tokens, samples, t0 = 0, 0, 0, time.perf_counter()
+    micro, tokens, samples, t0, resumed = 0, 0, 0, time.perf_counter(), step
     while step < total:
         for batch in loader:
             n_tokens = batch_tokens(batch)
+            if keys_log:
+                _log_keys(keys_log, run.name, resumed, world, rank, step + 1, batch["keys"])
             loss, metrics = step_fn(strategy.model, _to(batch, strategy.device), cfg)
             strategy.backward(loss)
             boundary = strategy.step(lr_at(step, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power))
             micro, tokens, samples = micro + 1, tokens + n_tokens, samples + len(batch["keys"])
             for k, v in metrics.items():  # summed where they live, read at the next log line
                 sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+            if progress is not None:
+                progress.add(loss, n_tokens)
             if not boundary:
                 continue
             step += 1
-            bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 # On the engine's device: NCCL reduces only GPU tensors (gloo either).
                 values = torch.tensor([float(sums[k]) / micro for k in sorted(sums)] + [tokens, samples],
@@ -181,13 +234,33 @@ def train_worker(loop_config: dict) -> None:
                                "epoch": loader.epoch + loader.consumed / max(loader.stream.total, 1)})
                 if log is not None:
                     log.log(step, record)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                _report({"step": step, **record})
                 sums, micro, tokens, samples, t0 = {}, 0, 0, 0, time.perf_counter()
+            if progress is not None:
+                progress.step(step)
             _fault(loop_config.get("fault"), run, rank, step)
             if step % cfg.save_every == 0 or step == total:
                 save(step)
             if step >= total:
                 break
-    bar.close()
     if log is not None:
         log.close()
+
+
+def _report(metrics: dict) -> None:
+    """The logged metrics to Ray Train (its dashboard shows them); every rank reports, as Ray Train
+    wants. Outside Ray Train (bench/train.py's in-process rank) there is nobody to tell."""
+    import ray.train
+
+    try:
+        ray.train.get_context()
+    except RuntimeError:
+        return
+    ray.train.report(metrics)
+
+
+def _log_keys(path: str, run: str, resumed: int, world: int, rank: int, step: int, keys: list[str]) -> None:
+    """Test-only (KEYS_ENV): which samples each rank of which run read for which step, appended to one file."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"run": run, "from": resumed, "world": world, "rank": rank, "step": step,
+                            "keys": keys}) + "\n")

@@ -20,23 +20,26 @@ from angel_dist.train.grad_reduce import FlatGradients
 _SHM_SEGMENT = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
 
-def init_distributed(on_gpu: bool) -> None:
+def init_distributed(on_gpu: bool, node_local: bool) -> bool:
     """DeepSpeed's communication over the process group Ray Train set up (NCCL on GPUs, gloo on CPU).
 
-    On CPU, when two or more ranks all run on this node (Ray Train's LOCAL_WORLD_SIZE equals
-    WORLD_SIZE), DeepSpeed's shared-memory all-reduce comes up with it (its op reads LOCAL_SIZE):
-    it sums the 40 MB of gradients of the bench's `small` model over two ranks in about half the
-    time gloo over TCP loopback takes (medians ~20 ms against ~40 ms on a 2-core machine). The op
-    never removes its segments from /dev/shm (66 MB a rank); once every rank has mapped all of
-    them (the barrier), each rank unlinks its own, so they go with the processes, also when a
-    rank crashes later. Its waits have no timeout: a rank that dies leaves its peers waiting
-    until Ray Train tears the worker group down, as it does on a failure."""
+    On CPU, when two or more ranks all run on this node (`node_local`, decided by Ray node id;
+    ranks on several nodes stay on gloo), DeepSpeed's shared-memory all-reduce comes up with it
+    (its op reads LOCAL_SIZE): it sums the 40 MB of gradients of the bench's `small` model over
+    two ranks in about half the time gloo over TCP loopback takes (medians ~20 ms against ~40 ms
+    on a 2-core machine). The op never removes its segments from /dev/shm (66 MB a rank); once
+    every rank has mapped all of them (the barrier), each rank unlinks its own, so they go with
+    the processes, also when a rank crashes later. Its waits have no timeout: a rank that dies
+    leaves its peers waiting until Ray Train tears the worker group down, as it does on a failure.
+    Returns whether the shared-memory all-reduce came up."""
     import deepspeed
     import torch.distributed as dist
 
     world = os.environ.get("WORLD_SIZE", "1")
-    if not on_gpu and world != "1" and os.environ.get("LOCAL_WORLD_SIZE") == world:
+    if not on_gpu and world != "1" and node_local:
         os.environ["LOCAL_SIZE"] = world
+    else:
+        os.environ.pop("LOCAL_SIZE", None)  # a value Ray or an earlier run left would bring the op up
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
     if _shared_memory_segments():
         dist.barrier()
@@ -47,6 +50,7 @@ def init_distributed(on_gpu: bool) -> None:
         except FileNotFoundError:
             warnings.warn(f"DeepSpeed's shared-memory segments are up but {segment} is missing: this DeepSpeed "
                           f"names its segments otherwise, and they will stay in /dev/shm after the run")
+    return _shared_memory_segments()
 
 
 def _shared_memory_segments() -> bool:
