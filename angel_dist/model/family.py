@@ -95,6 +95,11 @@ class Family:
         """The tokenizer as this family's models read text (what is saved beside a model)."""
         return tokenizer
 
+    def generate_inputs(self, model, source_ids: list[int], prefix_ids: list[int]) -> dict:
+        """HF `generate`'s inputs for one input, everything up to the name (bench/decode.py's
+        baseline): the row it extends (`decoder_input_ids`, else `input_ids`) ends at the name."""
+        raise NotImplementedError
+
 
 class Steps:
     """The model calls of a search (shared with the model-forward floor of bench/decode.py).
@@ -161,6 +166,11 @@ class Seq2Seq(Family):
 
     def steps(self, model):
         return Seq2SeqSteps(model)
+
+    def generate_inputs(self, model, source_ids, prefix_ids):
+        device = next(model.parameters()).device
+        return {"input_ids": torch.tensor([source_ids], device=device),
+                "decoder_input_ids": torch.tensor([[model.config.decoder_start_token_id, *prefix_ids]], device=device)}
 
 
 class Seq2SeqSteps(Steps):
@@ -263,6 +273,9 @@ class Causal(Family):
 
     def steps(self, model):
         return CausalSteps(self, model)
+
+    def generate_inputs(self, model, source_ids, prefix_ids):
+        return {"input_ids": torch.tensor([[*source_ids[:-1], *prefix_ids]], device=next(model.parameters()).device)}
 
     def tokenizer(self, tokenizer):
         """A causal LM's tokenizer opens a text with its bos (if it has one) and leaves it open: a
