@@ -12,29 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
-from angel_dist.kb.build import KbBuildConfig, build_kb
-from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.model import family_of, load_model, score, score_pairs
 from angel_dist.pairs import Pair, write_pair_set
 from angel_dist.shards.reader import ReaderConfig, ShardLoader, collate, iter_shard, open_shard_sets
-from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
 from angel_dist.train import TrainConfig
 from angel_dist.train.launch import run_training
 from angel_dist.train.loop import FAULT_ENV
+from conftest import hpo_corpus
 
 STEPS = dict(batch_size=8, lr=1e-3, log_every=5, save_every=10, progress=False, loader_workers=1, warmup_steps=0)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_local):
-    d = tmp_path_factory.mktemp("train")
-    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(d / "hpo.parquet")), progress=False)
-    write_kb(read_kb(d / "hpo.parquet").slice(0, 500), d / "kb.parquet", read_kb_meta(d / "hpo.parquet"))
-    train_tokenizer(d / "kb.parquet", 1200, d / "tok", progress=False)
-    build_pretrain_corpus(d / "kb.parquet", str(d / "tok"), d / "examples", PretrainCorpusConfig(shards=4),
-                          workers=2, progress=False)
-    return d
+    return hpo_corpus(tmp_path_factory.mktemp("train"), concepts=500, vocab_size=1200, shards=4, trie=False)
 
 
 def _train(base, out, **overrides):

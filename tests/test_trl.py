@@ -8,15 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
-from angel_dist.kb.build import KbBuildConfig, build_kb
-from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine import MineConfig, mine
 from angel_dist.model import family_of, load_model, save_model, score_pairs
 from angel_dist.objectives import DPO_LOSSES, dpo_loss
 from angel_dist.shards.reader import collate, iter_shard, open_shard_sets
-from angel_dist.tokenizer import load_tokenizer, train_tokenizer
-from angel_dist.trie.build import build_trie
+from angel_dist.tokenizer import load_tokenizer
+from conftest import hpo_corpus
 
 trl = pytest.importorskip("trl")
 
@@ -33,14 +30,8 @@ class StoredReferenceDPOTrainer(trl.DPOTrainer):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, ray_local):
     """A causal model's mined pair set (gold fallback on, so an untrained model yields pairs)."""
-    d = tmp_path_factory.mktemp("trl")
-    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(d / "hpo.parquet")), progress=False)
-    write_kb(read_kb(d / "hpo.parquet").slice(0, 30), d / "kb.parquet", read_kb_meta(d / "hpo.parquet"))
-    train_tokenizer(d / "kb.parquet", 600, d / "tok", progress=False)
+    d = hpo_corpus(tmp_path_factory.mktemp("trl"), concepts=30, vocab_size=600, shards=2)
     tok = load_tokenizer(d / "tok")
-    build_trie(d / "kb.parquet", tok, d / "trie", progress=False)
-    build_pretrain_corpus(d / "kb.parquet", str(d / "tok"), d / "examples", PretrainCorpusConfig(shards=2),
-                          workers=2, progress=False)
     save_model(load_model("tiny-causal", tok, seed=0), tok, d / "model")
     mine(MineConfig(model=str(d / "model"), trie=str(d / "trie"), data=str(d / "examples"), out=str(d / "pairs"),
                     actors=1, gold_fallback=True, progress=False))
