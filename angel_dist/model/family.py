@@ -210,7 +210,9 @@ class Seq2SeqSteps(Steps):
 def left_join(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor):
     """Rows `a[i, :a_len[i]] + b[i, :b_len[i]]`, left-padded to the longest: (ids [B, N], mask,
     from_b: the position's index into b's row, -1 where it is not from b). Padded positions
-    repeat a valid id of the row (they are masked)."""
+    repeat a valid id of the row (they are masked). Not TRL's `pad`: it pads a list of tensors,
+    these rows are joined from two padded batches on the device in one gather; and importing trl
+    (its trainers come with it) would cost every search actor seconds."""
     n = a_len + b_len
     width = int(n.max())
     k = torch.arange(width, device=a.device)[None] - (width - n)[:, None]  # index in the row; < 0: padding

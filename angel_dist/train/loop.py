@@ -147,7 +147,7 @@ def train_worker(loop_config: dict) -> None:
     log = MetricsLog(run, step) if rank == 0 else None
     bar = tqdm(total=total, initial=step, desc=f"train {cfg.objective}", disable=rank != 0 or not cfg.progress)
     # Dropout off during DPO, so policy and stored reference log-probs agree at the first step.
-    # Eval mode, not TRL's disable_dropout_in_model: BART applies dropout functionally from
+    # Eval mode, not TRL's disable_dropout_in_model: BART and Llama apply dropout functionally from
     # config floats, which that helper (it zeroes nn.Dropout modules) does not reach.
     strategy.train(cfg.objective != "dpo")
     sums: dict = {}
