@@ -297,6 +297,8 @@ def parser() -> argparse.ArgumentParser:
     st.set_defaults(run=_status)
     de = groups.add_parser("demo", help="the whole pipeline on HPO, local Ray, CPU (launchers/recipes/demo-hpo.yaml)")
     de.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    de.add_argument("--model", help="a preset (tiny, tiny-causal, ...), a model directory or a cached HF name: "
+                                    "the override model=MODEL")
     de.add_argument("--run-dir", default="runs/demo")
     de.add_argument("--quiet", action="store_true", help="no progress bars or training progress lines")
     de.set_defaults(run=_demo)
@@ -510,6 +512,8 @@ def _demo(args) -> None:
     from angel_dist.resources import find_resource
 
     args.recipe = str(find_resource("launchers/recipes/demo-hpo.yaml"))
+    if args.model:
+        args.overrides.append(f"model={args.model}")
     _run(args)
 
 

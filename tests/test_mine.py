@@ -10,33 +10,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
 from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.evaluate import EvalConfig, accuracy, evaluate
-from angel_dist.kb.build import KbBuildConfig, build_kb
-from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine import MineConfig, mine
 from angel_dist.mine.work import FAULT_ENV, GoldNames
-from angel_dist.model import load_model, score
+from angel_dist.model import load_model, save_model, score
 from angel_dist.pairs import Beam, preferences
 from angel_dist.shards.reader import ReaderConfig, ShardLoader, collate, iter_shard, open_shard_sets
-from angel_dist.tokenizer import load_tokenizer, train_tokenizer
-from angel_dist.trie.build import build_trie
+from angel_dist.tokenizer import load_tokenizer
+from conftest import hpo_corpus
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ray_local):
-    d = tmp_path_factory.mktemp("mine")
-    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(d / "hpo.parquet")), progress=False)
-    write_kb(read_kb(d / "hpo.parquet").slice(0, 40), d / "kb.parquet", read_kb_meta(d / "hpo.parquet"))
-    train_tokenizer(d / "kb.parquet", 600, d / "tok", progress=False)
+    d = hpo_corpus(tmp_path_factory.mktemp("mine"), concepts=40, vocab_size=600, shards=3)
     tok = load_tokenizer(d / "tok")
-    build_trie(d / "kb.parquet", tok, d / "trie", progress=False)
-    build_pretrain_corpus(d / "kb.parquet", str(d / "tok"), d / "examples", PretrainCorpusConfig(shards=3),
-                          workers=2, progress=False)
-    model = load_model("tiny", tok, seed=0)
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
+    save_model(load_model("tiny", tok, seed=0), tok, d / "model")
     return d
 
 
@@ -111,9 +100,14 @@ def test_reference_logps_are_the_log_prob_function_and_dpo_starts_at_log2(setup,
 def test_trl_preference_parquet(mined):
     out, manifest = mined
     table = pq.read_table(out / "pairs.parquet")
-    assert {"prompt", "chosen", "rejected"} <= set(table.column_names)
+    assert {"prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps"} <= set(table.column_names)
     assert table.num_rows == manifest["total"]
-    assert all("START" in p for p in table["prompt"].to_pylist())
+    for row, pair in zip(table.to_pylist(), _pairs(out)):  # the pair shards' order
+        assert row["key"] == pair["__key__"] and row["prompt"] == f"{pair['prompt']} {pair['prefix']}"
+        assert "START" in row["prompt"] and row["prompt"].endswith(" is")
+        assert (row["chosen"], row["rejected"]) == (f" {pair['chosen']}", f" {pair['rejected']}")
+        assert row["ref_chosen_logps"] == pair["ref_chosen_logp"]
+        assert row["ref_rejected_logps"] == pair["ref_rejected_logp"]
 
 
 def test_killed_actor_redoes_its_shard_and_rerun_skips(setup, mined, monkeypatch):

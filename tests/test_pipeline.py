@@ -80,6 +80,21 @@ def test_shipped_recipes_load_and_overrides_apply():
         load_recipe(ROOT / "launchers" / "recipes" / "umls-pretrain.yaml")
 
 
+def test_recipes_take_presets_of_both_families_and_demo_model_is_that_override(monkeypatch):
+    import angel_dist.cli as cli
+    from angel_dist.model import PRESETS
+
+    demo = ROOT / "launchers" / "recipes" / "demo-hpo.yaml"
+    for preset in ("tiny", "tiny-causal", "small-causal", "base-causal"):
+        assert preset in PRESETS and load_recipe(demo, [f"model={preset}"]).model == preset
+    with pytest.raises(ValueError, match="model: ./no-model: no such directory"):
+        load_recipe(demo, ["model=./no-model"])
+    seen = {}
+    monkeypatch.setattr(cli, "_run", lambda args: seen.update(vars(args)))
+    assert main(["demo", "--model", "tiny-causal", "pretrain.lr=0.01", "--run-dir", "runs/x"]) == 0
+    assert seen["overrides"] == ["pretrain.lr=0.01", "model=tiny-causal"] and seen["recipe"].endswith("demo-hpo.yaml")
+
+
 def test_a_run_directory_refuses_another_recipe(tmp_path):
     a, b = load_recipe(None), load_recipe(None, ["kb.limit=5"])
     from dataclasses import asdict

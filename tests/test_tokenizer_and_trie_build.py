@@ -118,3 +118,57 @@ def test_every_medic_name_is_reachable(tmp_path):
     meta = build_trie(tmp_path / "medic.parquet", tokenizer, tmp_path / "trie", progress=False)
     assert meta["n_names"] > 70000
     assert_every_name_reachable(tmp_path / "trie", tokenizer)
+
+
+def _pretrained_style(tokenizer, bos: bool):
+    """The project tokenizer as causal LMs' tokenizers come: one opening every text with its bos and
+    having no pad (Llama's), or having neither (Qwen's)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.post_processor = TemplateProcessing(single="<s> $A" if bos else "$A", special_tokens=[("<s>", 0)])
+    specials = {"eos_token": "</s>", "unk_token": "<unk>", **({"bos_token": "<s>"} if bos else {})}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **specials)
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_pretrained_tokenizer_conventions_trie_examples_and_search(small, tmp_path, bos):
+    """A tokenizer that adds its bos to every text, or has none, and has no pad: the trie holds
+    `tok(" " + name) + [eos]` without specials, sources open with the bos only when there is one,
+    and a causal model scores and searches padded batches with eos standing in for pad."""
+    from angel_dist.corpus.encode import encode_examples
+    from angel_dist.corpus.example import Example
+    from angel_dist.decode import BeamSearch
+    from angel_dist.model import family_of, load_model, padding_id, score
+    from angel_dist.shards.reader import collate
+
+    root, bart = small
+    tok = _pretrained_style(bart, bos)
+    assert tok.pad_token_id is None and (tok("mi")["input_ids"][0] == 0) == bos
+    build_trie(root / "kb.parquet", tok, tmp_path / "trie", progress=False)
+    trie = Trie.load(tmp_path / "trie")
+    for name_id, name in enumerate(trie.names()["name"].to_pylist()):
+        seq = bart(" " + name, add_special_tokens=False)["input_ids"] + [2]  # no bos, the eos
+        assert trie.state(seq) == trie.n_internal + name_id
+    examples = [Example(key=f"k{i}", group="g", source=f"START {m} END is here", prefix=f"{m} is", target=t, cuis=[],
+                        kind="mention", mention_span=(6, 6 + len(m)), keep="around")
+                for i, (m, t) in enumerate([("heart attack", "mi"), ("lung cancer", "carcinoma of lung")])]
+    encoded = encode_examples(examples, tok)
+    assert [int(e.source_ids[0]) == 0 for e in encoded] == [bos, bos] and all(e.source_ids[-1] == 2 for e in encoded)
+    model = load_model("tiny-causal", tok).eval()
+    assert model.config.pad_token_id is None and padding_id(tok) == 2
+    samples = [{"__key__": e.example.key, "kind": "mention", "cuis": [], "prefix": "", "target": "",
+                "source_ids": e.source_ids, "prefix_ids": e.prefix_ids, "target_ids": e.target_ids} for e in encoded]
+    batch = collate(samples, **family_of(model).batch_ids(model, tok))
+    with torch.no_grad():
+        both = score(model, batch["source_mask"], batch["decoder_ids"], batch["decoder_mask"], batch["target_mask"],
+                     source_ids=batch["source_ids"]).logp
+        alone = [score(model, b["source_mask"], b["decoder_ids"], b["decoder_mask"], b["target_mask"],
+                       source_ids=b["source_ids"]).logp.item()
+                 for b in (collate([s], **family_of(model).batch_ids(model, tok)) for s in samples)]
+    np.testing.assert_allclose(both.numpy(), alone, atol=1e-5)
+    found = BeamSearch(model, trie, beams=3).search([e.source_ids for e in encoded], [e.prefix_ids for e in encoded])
+    assert [len(r) for r in found] == [3, 3] and all(0 <= h.name_id < trie.n_names for r in found for h in r)

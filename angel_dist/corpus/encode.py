@@ -1,12 +1,14 @@
 """Examples -> token ids: the encoder input (capped), the forced prefix and the target.
 
-  source_ids  <s> tok(source) </s>, at most `max_source_tokens` in all; an over-long source
-              keeps its head (prefix-form templates), its tail (suffix forms) or a window
-              around the mention (benchmark contexts), and its text is cut to match
+  source_ids  <s> tok(source) </s> (no <s> for a tokenizer without a bos), at most
+              `max_source_tokens` in all; an over-long source keeps its head (prefix-form
+              templates), its tail (suffix forms) or a window around the mention (benchmark
+              contexts), and its text is cut to match
   prefix_ids  tok(" " + prefix)                 e.g. " aspirin is"
   target_ids  tok(" " + target) + [eos]         the trie's form of a KB name; empty without a target
 
-The decoder sequence of training is [decoder_start] + prefix_ids + target_ids.
+The decoder sequence of training is [decoder_start] + prefix_ids + target_ids; a causal model's
+row is source_ids[:-1] + prefix_ids + target_ids (angel_dist/model/family.py).
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ def _truncate(example: Example, ids: list[int], offsets: list[tuple[int, int]], 
 def encode_examples(examples: list[Example], tokenizer, max_source_tokens: int = MAX_SOURCE_TOKENS) -> list[Encoded]:
     backend = tokenizer.backend_tokenizer
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise ValueError("the tokenizer needs bos and eos tokens (BART's <s> and </s>)")
-    budget = max_source_tokens - 2
+    if eos is None:
+        raise ValueError("the tokenizer needs an eos token (BART's </s>): it ends every source and name")
+    head = [] if bos is None else [bos]  # some causal LMs' tokenizers (Qwen's) have no bos
+    budget = max_source_tokens - len(head) - 1
     sources = backend.encode_batch([e.source for e in examples], add_special_tokens=False)
     prefixes = backend.encode_batch([" " + e.prefix for e in examples], add_special_tokens=False)
     targets = backend.encode_batch([" " + e.target for e in examples if e.target], add_special_tokens=False)
@@ -62,6 +65,6 @@ def encode_examples(examples: list[Example], tokenizer, max_source_tokens: int =
         if len(ids) > budget:
             ids, example = _truncate(example, ids, src.offsets, budget)
         target = next(targets).ids + [eos] if example.target else []
-        out.append(Encoded(example, np.array([bos, *ids, eos], dtype=np.int32), np.array(pre.ids, dtype=np.int32),
+        out.append(Encoded(example, np.array([*head, *ids, eos], dtype=np.int32), np.array(pre.ids, dtype=np.int32),
                            np.array(target, dtype=np.int32)))
     return out

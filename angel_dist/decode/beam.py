@@ -1,11 +1,11 @@
 """Trie-constrained beam search: the top-k KB names a model writes after its forced prefix.
 
-Per example: the encoder runs once; the decoder reads `[decoder_start] + prefix` in one pass
-(examples are bucketed by prefix length, so no row is padded and positions stay exact); then
-each step feeds one token per beam through the KV cache. Candidates are the trie edges out of
-the beams' states (a few per beam), scored `beam log-prob + log p(token)`; the K best non-eos
-candidates of an example become its beams, and its eos candidates compete for the K finished
-names by the score of DESIGN.md: sum of name-token log-probs (eos included) / tokens.
+Per batch of inputs, the model's family (angel_dist/model/family.py) reads each input's source
+and forced prefix once (inputs are bucketed by prefix length) and then feeds one token per beam
+through its KV cache; everything else here is the same for both families. Candidates are the
+trie edges out of the beams' states (a few per beam), scored `beam log-prob + log p(token)`; the
+K best non-eos candidates of an example become its beams, and its eos candidates compete for the
+K finished names by the score of DESIGN.md: sum of name-token log-probs (eos included) / tokens.
 
 An example stops once it holds K finished names and no beam can still beat the worst of them.
 With `stop="exact"` (the default) a beam's final score is bounded by its log-prob divided by
@@ -15,20 +15,16 @@ could dilute a poor start), so searches run deep. `stop="heuristic"` is HF `gene
 default rule, as GenBioEL and ANGEL decode: a beam is judged as if it ended now. Stopped
 examples leave the batch, their cache rows with them, and each step's rows hold as many beams
 per example as the example with the most live ones (the trie soon leaves most with few).
-
-The cross-attention cache holds the same keys and values for every beam of an example, so
-only the self-attention cache follows the beams' parents at each step.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from angel_dist.model.logprob import encode
+from angel_dist.model import family_of
 from angel_dist.shards.reader import pad_rows
 from angel_dist.trie import Trie
 
@@ -49,46 +45,6 @@ class SearchStats:
     @property
     def row_steps(self) -> int:
         return sum(sum(b["rows"]) for b in self.batches)
-
-
-def _cache_argument(model) -> str:
-    # transformers 5 renamed `past_key_values` to `cache`.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _output_cache(out):
-    return out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-
-
-def _select_rows(cache, self_rows: torch.Tensor, cross_rows: torch.Tensor | None) -> None:
-    """Keep/reorder cache rows in place: self-attention rows by `self_rows`, cross-attention
-    rows by `cross_rows` (None: unchanged)."""
-    cache.self_attention_cache.reorder_cache(self_rows)
-    if cross_rows is not None:
-        cache.cross_attention_cache.reorder_cache(cross_rows)
-
-
-class Decoder:
-    """The model calls of a search, shared with the forward-only floor of bench/decode.py."""
-
-    def __init__(self, model):
-        self.model = model
-        self.cache_arg = _cache_argument(model)
-        self.start = model.config.decoder_start_token_id
-
-    def encode(self, source_ids: torch.Tensor, source_mask: torch.Tensor) -> torch.Tensor:
-        return encode(self.model, source_ids, source_mask)
-
-    def first(self, states: torch.Tensor, source_mask: torch.Tensor, prefix: torch.Tensor):
-        """Read `[decoder_start] + prefix` for each row: (last logits [B, V], cache)."""
-        ids = torch.cat([torch.full((len(prefix), 1), self.start, dtype=torch.long, device=prefix.device), prefix], 1)
-        out = self.model(attention_mask=source_mask, encoder_outputs=(states,), decoder_input_ids=ids, use_cache=True)
-        return out.logits[:, -1], _output_cache(out)
-
-    def step(self, states: torch.Tensor, source_mask: torch.Tensor, tokens: torch.Tensor, cache) -> torch.Tensor:
-        out = self.model(attention_mask=source_mask, encoder_outputs=(states,), decoder_input_ids=tokens[:, None],
-                         use_cache=True, **{self.cache_arg: cache})
-        return out.logits[:, -1]
 
 
 def batches_by_prefix(sources: list[np.ndarray], prefixes: list[np.ndarray], batch_size: int) -> list[list[int]]:
@@ -170,14 +126,15 @@ class BeamSearch:
         if model.training:
             raise ValueError("beam search needs the model in eval mode (dropout off): call model.eval()")
         self.model, self.trie, self.beams, self.batch_size = model, trie, beams, batch_size
-        self.decoder = Decoder(model)
+        self.family = family_of(model)
         self.device = next(model.parameters()).device
         if trie.device != self.device:
             trie.to(self.device)
         # "exact": a beam may still grow to its longest completion; "heuristic" (what HF generate
         # does by default, hence GenBioEL and ANGEL): judge each beam as if it ended now.
         self.heights = trie.heights() if stop == "exact" else None
-        self.pad = model.config.pad_token_id
+        # Padded source positions are masked: any id serves where a model names no pad (Llama's).
+        self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else trie.eos
 
     @torch.inference_mode()
     def search(self, sources: list[np.ndarray], prefixes: list[np.ndarray],
@@ -195,8 +152,8 @@ class BeamSearch:
         B = len(sources)
         source_ids, source_mask = (t.to(dev) for t in pad_rows(sources, self.pad))
         prefix = torch.as_tensor(np.stack([np.asarray(p, dtype=np.int64) for p in prefixes]), device=dev)
-        enc = self.decoder.encode(source_ids, source_mask)
-        logits, cache = self.decoder.first(enc, source_mask, prefix)
+        steps = self.family.steps(self.model)
+        logits = steps.first(source_ids, source_mask, prefix)
         rows_per_step = [B]
 
         active = torch.arange(B, device=dev)  # example of each active slot
@@ -207,7 +164,6 @@ class BeamSearch:
         # The K best finished names of each active slot, best first; then of each example.
         fin = _Finished.empty(B, K, dev)
         result = _Finished.empty(B, K, dev)
-        enc_rows, mask_rows = enc, source_mask  # row = active slot while width is 1
 
         while True:
             A = len(active)
@@ -231,7 +187,7 @@ class BeamSearch:
             alive = torch.isfinite(top)
             # Rows hold as many beams per example as the example with the most live ones: deep
             # in a constrained search most examples have few, and dead rows would still cost a
-            # decoder step each.
+            # model step each.
             beams = max(int(alive.sum(1).max()), 1)
             if beams < K:
                 top, pos, alive = top[:, :beams], pos[:, :beams], alive[:, :beams]
@@ -257,16 +213,14 @@ class BeamSearch:
                     parent, new_states, new_tokens, top = parent[keep], new_states[keep], new_tokens[keep], top[keep]
             if beams != width or keep is not None:
                 # The rows change shape (beams per example change, or finished examples leave):
-                # every per-row tensor follows; cross-attention rows are equal within an example.
+                # every per-row state follows, each new row's input named by a row of it.
                 slots = keep if keep is not None else torch.arange(A, device=dev)
-                same = (slots * width).repeat_interleave(beams)
-                _select_rows(cache, parent.reshape(-1), same)
-                enc_rows, mask_rows = enc_rows.index_select(0, same), mask_rows.index_select(0, same)
+                steps.select(parent.reshape(-1), (slots * width).repeat_interleave(beams))
             else:
-                _select_rows(cache, parent.reshape(-1), None)
+                steps.select(parent.reshape(-1))
             states, logp = new_states.reshape(-1), top.reshape(-1)
             width = beams
-            logits = self.decoder.step(enc_rows, mask_rows, new_tokens.reshape(-1), cache)
+            logits = steps.step(new_tokens.reshape(-1))
             rows_per_step.append(len(states))
 
         if stats is not None:

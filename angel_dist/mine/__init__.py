@@ -101,18 +101,25 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
 
 
 def write_trl_parquet(pair_set: str | Path) -> Path:
-    """The pairs in TRL's preference format (`prompt`, `chosen`, `rejected`) plus what else
-    the pair samples carry, for use outside angel-dist."""
+    """The pairs in TRL's standard preference format, loadable with `datasets.load_dataset("parquet",
+    ...)` and trainable with TRL's DPOTrainer as they are: `prompt` is what the model reads before
+    the name (the marked context, then the forced prefix `mention is`), `chosen` and `rejected`
+    the completions (` name`; TRL appends the eos), `ref_chosen_logps` and `ref_rejected_logps` the
+    log-probs of those completions, eos included, under the model that mined them (the one
+    log-prob function). Also the pair's `key`, `source_key`, `context` and `prefix` (the prompt's
+    two parts), gold `cuis`, beam ranks and `round`."""
     shards, _ = open_shard_sets(pair_set)
-    rows = {k: [] for k in ("key", "prompt", "prefix", "chosen", "rejected", "ref_chosen_logp", "ref_rejected_logp",
-                            "chosen_rank", "rejected_rank", "round", "source_key")}
-    rows["cuis"] = []
+    rows = {k: [] for k in ("key", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps",
+                            "source_key", "context", "prefix", "cuis", "chosen_rank", "rejected_rank", "round")}
     for shard in shards:
         for s in iter_shard(shard):
-            rows["key"].append(s["__key__"])
-            for k in rows:
-                if k != "key":
-                    rows[k].append(s[k])
+            for k, v in (("key", s["__key__"]), ("prompt", f"{s['prompt']} {s['prefix']}"),
+                         ("chosen", f" {s['chosen']}"), ("rejected", f" {s['rejected']}"),
+                         ("ref_chosen_logps", s["ref_chosen_logp"]), ("ref_rejected_logps", s["ref_rejected_logp"]),
+                         ("context", s["prompt"])):
+                rows[k].append(v)
+            for k in ("source_key", "prefix", "cuis", "chosen_rank", "rejected_rank", "round"):
+                rows[k].append(s[k])
     out = Path(pair_set) / TRL_FILE
     with atomic_path(out) as tmp:
         pq.write_table(pa.table(rows), tmp)

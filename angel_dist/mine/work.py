@@ -24,7 +24,7 @@ from angel_dist.decode.linker import Linker, Prediction
 from angel_dist.faults import crash_once
 from angel_dist.keys import stable_hash64
 from angel_dist.kb.normalize import normalize_name
-from angel_dist.model import score_pairs
+from angel_dist.model import family_of, score_pairs
 from angel_dist.pairs import Beam, Pair, preferences, write_pair_shard
 from angel_dist.shards.reader import Shard, collate, iter_shard
 
@@ -131,11 +131,10 @@ def search_inputs(linker: Linker, samples: list[dict], chunk: int, index: int = 
 
 def reference_logps(linker: Linker, pairs: list[Pair], batch_size: int) -> None:
     """Fill each pair's reference log-probs under the linker's (mining) weights."""
-    tok = linker.tokenizer
-    start = linker.model.config.decoder_start_token_id
+    ids = family_of(linker.model).batch_ids(linker.model, linker.tokenizer)
     for lo in range(0, len(pairs), batch_size):
         part = pairs[lo:lo + batch_size]
-        batch = collate([p.sample() for p in part], tok.pad_token_id, start)
+        batch = collate([p.sample() for p in part], **ids)
         batch = {k: v.to(linker.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.inference_mode():
             chosen, rejected = score_pairs(linker.model, batch)

@@ -1,7 +1,10 @@
-"""BART models: built from a preset with the project tokenizer, or loaded from a path or the HF cache.
+"""Models: built from a preset with the project tokenizer, or loaded from a path or the HF cache.
 
-Presets carry BART's shapes (`base` and `large` are bart-base and bart-large) with the
-tokenizer's vocabulary and special ids; their weights are freshly initialized from `seed`.
+Presets of the seq2seq family carry BART's shapes (`base` and `large` are bart-base and
+bart-large), those of the causal family Llama's (`tiny-causal`, `small-causal`, `base-causal`);
+both take the tokenizer's vocabulary and special ids, and their weights are freshly initialized
+from `seed`. A directory or cached name loads as BART when its config is an encoder-decoder, else
+with AutoModelForCausalLM (the family's `load`).
 """
 
 from __future__ import annotations
@@ -10,48 +13,54 @@ from pathlib import Path
 
 import torch
 
-PRESETS: dict[str, dict] = {
-    "tiny": dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                 decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256),
-    "small": dict(d_model=256, encoder_layers=4, decoder_layers=4, encoder_attention_heads=4,
-                  decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024),
-    "base": dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                 decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072),
-    "large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                  decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
-}
+from angel_dist.model.family import CAUSAL, FAMILIES, SEQ2SEQ, Family, family_of, family_of_preset
+
+PRESETS: dict[str, dict] = {name: shape for family in FAMILIES for name, shape in family.presets.items()}
 
 
-def preset_config(name: str, tokenizer):
-    from transformers import BartConfig
+def model_family(spec: str | Path) -> Family:
+    """The family of a preset name, a model directory or a cached HF name (its config, never downloaded)."""
+    family = family_of_preset(str(spec))
+    if family is not None:
+        return family
+    from transformers import AutoConfig
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
-    return BartConfig(vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                      decoder_start_token_id=tokenizer.eos_token_id, forced_bos_token_id=None,
-                      forced_eos_token_id=tokenizer.eos_token_id, **PRESETS[name])
+    try:
+        config = AutoConfig.from_pretrained(str(spec), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a model directory or a model in "
+                         f"the local Hugging Face cache: {e}") from None
+    return SEQ2SEQ if config.is_encoder_decoder else CAUSAL
+
+
+def _ids(value) -> set:
+    return set(value) if isinstance(value, (list, tuple)) else {value}
 
 
 def load_model(spec: str | Path, tokenizer, seed: int = 0):
-    """A BartForConditionalGeneration from a preset name, a local directory or a cached HF name."""
-    from transformers import BartForConditionalGeneration
-
-    if str(spec) in PRESETS:
+    """A model from a preset name, a local directory or a cached HF name."""
+    family = model_family(spec)
+    if str(spec) in family.presets:
         torch.manual_seed(seed)
-        model = BartForConditionalGeneration(preset_config(str(spec), tokenizer))
+        model = family.preset_model(str(spec), tokenizer)
     else:
         try:  # never a download: a local directory or what the HF cache already holds
-            model = BartForConditionalGeneration.from_pretrained(str(spec), local_files_only=True)
+            model = family.load(str(spec))
         except OSError as e:
-            raise ValueError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a model directory or a model in "
-                             f"the local Hugging Face cache: {e}") from None
+            raise ValueError(f"{spec!r}: cannot load it as a {family.name} model: {e}") from None
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
         raise ValueError(f"model {spec} has {vocab} token embeddings but the tokenizer has {len(tokenizer)} tokens; "
                          "use the model's own tokenizer")
     for name in ("pad_token_id", "eos_token_id"):
         mine, theirs = getattr(model.config, name), getattr(tokenizer, name)
-        if mine != theirs:
+        # A causal model's config may name no pad or several eos ids (chat models).
+        if mine is not None and theirs not in _ids(mine):
             raise ValueError(f"model {spec} has {name}={mine}, the tokenizer {theirs}")
     return model
+
+
+def save_model(model, tokenizer, directory: str | Path) -> None:
+    """A model directory: the weights (safetensors) and the tokenizer as the model's family reads text."""
+    model.save_pretrained(directory, safe_serialization=True)
+    family_of(model).tokenizer(tokenizer).save_pretrained(directory)

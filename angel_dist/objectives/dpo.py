@@ -17,24 +17,21 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
              ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid",
              chosen_tokens: torch.Tensor | None = None, rejected_tokens: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, dict]:
-    """Mean loss over pairs and the metrics TRL reports. Log-probs are per-sequence sums; `ipo`
-    uses per-token means (as TRL does), so it needs the token counts."""
+    """Mean loss over pairs and the metrics TRL reports, equal to TRL's DPOTrainer's (tests/test_trl.py).
+    Log-probs are per-sequence sums; `ipo` compares per-token means (as TRL does), so it needs the
+    token counts; rewards are beta times the sequence log-ratios whatever the loss."""
     if loss_type not in DPO_LOSSES:
         raise ValueError(f"loss_type must be one of {DPO_LOSSES}, got {loss_type!r}")
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
     if loss_type == "ipo":
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError("the ipo loss needs chosen_tokens and rejected_tokens")
-        policy_chosen, ref_chosen = policy_chosen / chosen_tokens, ref_chosen / chosen_tokens
-        policy_rejected, ref_rejected = policy_rejected / rejected_tokens, ref_rejected / rejected_tokens
-    chosen_logratio = policy_chosen - ref_chosen
-    rejected_logratio = policy_rejected - ref_rejected
-    logits = chosen_logratio - rejected_logratio
-    if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * logits)
-    elif loss_type == "ipo":
-        losses = (logits - 1.0 / (2.0 * beta)) ** 2
+        losses = (chosen_logratio / chosen_tokens - rejected_logratio / rejected_tokens - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * (chosen_logratio - rejected_logratio))
     else:
-        losses = torch.relu(1.0 - beta * logits)
+        losses = torch.relu(1.0 - beta * (chosen_logratio - rejected_logratio))
     loss = losses.mean()
     chosen_reward, rejected_reward = beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
     return loss, {"loss": loss.detach(), "rewards_chosen": chosen_reward.mean(),

@@ -1,4 +1,5 @@
-"""`angel export`: the newest checkpoint of a run as a Hugging Face model directory (safetensors)."""
+"""`angel export`: the newest checkpoint of a run as a Hugging Face model directory (safetensors):
+BART loads with BartForConditionalGeneration, a causal model with AutoModelForCausalLM."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from angel_dist.atomic import atomic_path
 from angel_dist.errors import read_json
-from angel_dist.model import load_model
+from angel_dist.model import load_model, save_model
 from angel_dist.tokenizer import load_tokenizer
 from angel_dist.train import checkpoint as ckpt
 
@@ -34,14 +35,13 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
         else:  # ZeRO stage 0 (ddp.json): DeepSpeed saves the whole fp32 model, which zero_to_fp32 does not read
             state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
+    tied = set(model.state_dict()) - set(dict(model.named_parameters()))  # aliases of shared (tied) weights
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint {root / tag} does not fit the model: missing {sorted(set(missing) - tied)}, "
                            f"unexpected {sorted(unexpected)}")
     model.tie_weights()
     with atomic_path(Path(out), directory=True) as tmp:
-        model.to(torch.float32).save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_model(model.to(torch.float32), tokenizer, tmp)
         (tmp / "angel_export.json").write_text(json.dumps({"run": str(run.resolve()), "checkpoint": tag}, indent=2))
     return Path(out)
 

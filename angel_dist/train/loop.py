@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.faults import crash_once
-from angel_dist.model import load_model, score, score_pairs
+from angel_dist.model import family_of, load_model, score, score_pairs
 from angel_dist.objectives import dpo_loss, label_smoothed_nll
 from angel_dist.shards.reader import ReaderConfig, ShardLoader
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -162,8 +162,8 @@ def train_worker(loop_config: dict) -> None:
     loader = ShardLoader(cfg.data, ReaderConfig(batch_size=cfg.batch_size, seed=cfg.seed,
                                                 shuffle_buffer=cfg.shuffle_buffer, bucket=cfg.bucket),
                          rank=rank, world_size=world, num_workers=cfg.loader_workers,
-                         pad_id=tokenizer.pad_token_id, decoder_start_id=model.config.decoder_start_token_id,
-                         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+                         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                         **family_of(model).batch_ids(model, tokenizer))
     want = "pairs" if cfg.objective == "dpo" else "examples"
     if loader.kind != want:
         raise ValueError(f"objective {cfg.objective} trains on {want} shard sets; {cfg.data} holds {loader.kind}")
@@ -200,7 +200,7 @@ def train_worker(loop_config: dict) -> None:
         progress = ProgressWriter(run, step, total, world, cfg.progress_every)
     keys_log = loop_config.get("keys_log")
     # Dropout off during DPO, so policy and stored reference log-probs agree at the first step.
-    # Eval mode, not TRL's disable_dropout_in_model: BART applies dropout functionally from
+    # Eval mode, not TRL's disable_dropout_in_model: BART and Llama apply dropout functionally from
     # config floats, which that helper (it zeroes nn.Dropout modules) does not reach.
     strategy.train(cfg.objective != "dpo")
     sums: dict = {}
