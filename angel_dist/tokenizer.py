@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from tokenizers import ByteLevelBPETokenizer
 
 from angel_dist.atomic import atomic_path, write_json
+from angel_dist.hf_files import check_hf_directory, read_as
 from angel_dist.kb.table import kb_fingerprint, read_kb_meta
 
 BART_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -28,8 +29,10 @@ def load_tokenizer(name_or_dir: str | Path):
     """A fast HF tokenizer from a local directory or a name in the local HF cache."""
     from transformers import AutoTokenizer
 
+    check_hf_directory(name_or_dir)
     try:  # never a download: a local directory or what the HF cache already holds
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), local_files_only=True)
+        with read_as(name_or_dir, "a tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), local_files_only=True)
     except OSError as e:
         raise ValueError(f"{name_or_dir!r} is neither a tokenizer directory nor a tokenizer in the local "
                          f"Hugging Face cache: {e}") from None

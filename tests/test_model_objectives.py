@@ -79,6 +79,36 @@ def test_presets_match_bart_shapes_and_causal_ones_their_sizes(tokenizer):
         load_model("huge", tokenizer)
 
 
+# What a truncated copy or a crafted file in a model directory (an export, a bundle's model/) looks
+# like to the loaders: each is refused naming the file, or the directory where transformers gives
+# no file, never loaded with random weights in place of the missing ones.
+_DAMAGED = [("model.safetensors", b"\x80\x04not safetensors", "model.safetensors: not a safetensors file"),
+            ("model.safetensors", "tensors", "lack .* of the model's tensors"),
+            ("tokenizer.json", b"\x80\x04not json", "tokenizer.json: expected .*JSON"),
+            ("tokenizer.json", b'{"version": 3}', "not a tokenizer transformers can read"),
+            ("config.json", b'{"model_type": "bart", "d_model": "x"', "config.json: expected .*JSON"),
+            ("config.json", b'{"model_type": "bart", "d_model": "x"}', "not a model transformers can read")]
+
+
+@pytest.mark.parametrize("name,content,error", _DAMAGED)
+def test_a_damaged_model_directory_is_refused_naming_it(model, tokenizer, tmp_path, name, content, error):
+    from safetensors.torch import save_file
+
+    from angel_dist.errors import BadInputError
+    from angel_dist.model import save_model
+
+    save_model(model, tokenizer, tmp_path)
+    intact = load_model(str(tmp_path), tokenizer).state_dict()
+    assert all(torch.equal(intact[k], v) for k, v in model.state_dict().items())
+    if content == "tensors":  # a valid file holding the wrong tensors
+        save_file({"x": torch.zeros(2)}, str(tmp_path / name))
+    else:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(BadInputError, match=error) as raised:
+        load_tokenizer(tmp_path) if name == "tokenizer.json" else load_model(str(tmp_path), tokenizer)
+    assert raised.value.path.startswith(str(tmp_path))
+
+
 def _by_hand(model, tokenizer, row):
     """The logits that predict the target tokens of one unpadded row, and those tokens."""
     source, prefix, target = row

@@ -71,6 +71,8 @@ class Family:
         raise NotImplementedError
 
     def load(self, path: str):
+        """(model, loading info) from a local directory or the HF cache (transformers'
+        output_loading_info: the weights it found no tensor for are in `missing_keys`)."""
         raise NotImplementedError
 
     def batch_ids(self, model, tokenizer) -> dict:
@@ -149,7 +151,7 @@ class Seq2Seq(Family):
     def load(self, path):
         from transformers import BartForConditionalGeneration
 
-        return BartForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        return BartForConditionalGeneration.from_pretrained(path, local_files_only=True, output_loading_info=True)
 
     def batch_ids(self, model, tokenizer):
         return {"pad_id": tokenizer.pad_token_id, "decoder_start_id": _bare(model).config.decoder_start_token_id}
@@ -250,7 +252,8 @@ class Causal(Family):
     def load(self, path):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                    output_loading_info=True)
 
     def batch_ids(self, model, tokenizer):
         # The reader's decoder rows start with a placeholder that `rows` drops.

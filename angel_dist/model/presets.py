@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from angel_dist.errors import BadInputError
+from angel_dist.hf_files import check_hf_directory, read_as
 from angel_dist.model.family import CAUSAL, FAMILIES, SEQ2SEQ, Family, family_of, family_of_preset
 
 PRESETS: dict[str, dict] = {name: shape for family in FAMILIES for name, shape in family.presets.items()}
@@ -25,9 +27,13 @@ def model_family(spec: str | Path) -> Family:
         return family
     from transformers import AutoConfig
 
+    check_hf_directory(spec)
     try:
-        config = AutoConfig.from_pretrained(str(spec), local_files_only=True)
+        with read_as(spec, "a model"):
+            config = AutoConfig.from_pretrained(str(spec), local_files_only=True)
     except (OSError, ValueError) as e:
+        if isinstance(e, BadInputError):
+            raise
         raise ValueError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a model directory or a model in "
                          f"the local Hugging Face cache: {e}") from None
     return SEQ2SEQ if config.is_encoder_decoder else CAUSAL
@@ -45,9 +51,14 @@ def load_model(spec: str | Path, tokenizer, seed: int = 0):
         model = family.preset_model(str(spec), tokenizer)
     else:
         try:  # never a download: a local directory or what the HF cache already holds
-            model = family.load(str(spec))
+            with read_as(spec, f"a {family.name} model"):
+                model, info = family.load(str(spec))
         except OSError as e:
             raise ValueError(f"{spec!r}: cannot load it as a {family.name} model: {e}") from None
+        if info["missing_keys"]:  # transformers would start these from random values, with a warning only
+            missing = sorted(info["missing_keys"])
+            raise BadInputError(spec, None, f"its weights lack {len(missing)} of the model's tensors "
+                                            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
         raise ValueError(f"model {spec} has {vocab} token embeddings but the tokenizer has {len(tokenizer)} tokens; "
