@@ -431,6 +431,11 @@ def test_a_checkpoint_file_that_differs_from_its_recorded_checksum_is_refused(co
     with pytest.raises(BadInputError, match="optimizer_state.pt: sha256"):  # a conversion is reused only whole
         to_universal(root, "step-00000020")
     assert not (tmp_path / "model").exists()
+    meta = json.loads((step / "meta.json").read_text())
+    del meta["files"]  # as checkpoints were written before checksums were recorded
+    (step / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BadInputError, match="records no checksums .* start the run again"):
+        export_run(run, tmp_path / "model")
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):

@@ -71,6 +71,10 @@ def _read_record(dir_: Path, keys: tuple[str, ...]) -> dict:
     path = dir_ / META
     meta = read_json(path, "the checkpoint's metadata")
     missing = [k for k in ("files", *keys) if not isinstance(meta, dict) or k not in meta]
+    if missing == ["files"]:
+        raise BadInputError(path, None, "records no checksums (written by an angel-dist from before they were "
+                                        "recorded), so its files cannot be checked and it is not loaded; start "
+                                        "the run again in a new directory")
     if missing:
         raise BadInputError(path, None, f"expected the checkpoint's metadata; missing {', '.join(missing)}")
     files = meta["files"]

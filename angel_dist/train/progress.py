@@ -57,7 +57,7 @@ def read_progress(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / PROGRESS_FILE
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, ValueError):  # not written yet, or torn by a crash (JSON or UTF-8)
         return None
 
 
