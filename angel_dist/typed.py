@@ -99,8 +99,9 @@ def _as(value, kind, key: str):
         for arm in arms:
             try:
                 return coerce(value, arm, key)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                if _fits(value, arm, key):  # of this arm's type but out of its range: that is the problem
+                    raise e from None
         raise ConfigError(key, f"expected {' or '.join(_noun(a) for a in arms)}, got {value!r}")
     if origin is typing.Literal:
         if value in args:
@@ -177,6 +178,17 @@ def _sequence(value, kind, origin, args, key: str):
         items = [args[0] if args else typing.Any] * len(value)
     return origin(coerce(v, t, f"{key}[{i}]") if t is not typing.Any else v
                   for i, (v, t) in enumerate(zip(value, items)))
+
+
+def _fits(value, kind, key: str) -> bool:
+    """Whether `value` has the type of `kind`, its bounds aside."""
+    while typing.get_origin(kind) is Annotated:
+        kind = kind.__origin__
+    try:
+        _as(value, kind, key)
+    except ConfigError:
+        return False
+    return True
 
 
 def _noun(kind) -> str:
