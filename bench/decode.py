@@ -5,7 +5,7 @@ model, same inputs, one torch thread per process.
     python bench/decode.py                                   # tiny, tiny-causal, small, small-causal; CPU
     python bench/decode.py --presets base large base-causal --device cuda --batch-size 128 --skip-actors
 
-  ours       BeamSearch (10 beams, KV cache, trie edges, batched by prefix length)
+  ours       BeamSearch (10 beams, KV cache, trie edges, inputs of any prefix length batched)
   floor      the same model calls with the same shapes (BART: encoder once, the prefix pass, one
              cached decoder step per search step over the rows the search kept; causal: the
              left-padded prompt rows once, then one cached step per search step) and no search
@@ -99,19 +99,16 @@ def time_ours(linker, samples, stop: str) -> tuple[float, object]:
 def time_floor(linker, samples, stats, normalize: bool = False) -> float:
     """Replay the search's shapes through the same model calls, with no search logic; with
     `normalize`, also take each step's log-sum-exp (what turns logits into log-probs)."""
-    from angel_dist.decode.beam import batches_by_prefix, log_normalizer_
-    from angel_dist.shards.reader import pad_rows
+    from angel_dist.decode.beam import batch_inputs, batches, log_normalizer_
 
     family, dev = family_of(linker.model), linker.device
     sources, prefixes = [s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples]
-    groups = batches_by_prefix(sources, prefixes, linker.search.batch_size)
+    groups = batches(sources, prefixes, linker.search.batch_size)
     assert [len(g) for g in groups] == [b["examples"] for b in stats.batches]
     t = _synchronized(dev)
     for group, batch in zip(groups, stats.batches):
-        ids, mask = (t.to(dev) for t in pad_rows([sources[i] for i in group], linker.search.pad))
-        prefix = torch.as_tensor(np.stack([prefixes[i] for i in group]).astype(np.int64), device=dev)
         steps = family.steps(linker.model)
-        steps.first(ids, mask, prefix)
+        steps.first(*batch_inputs([sources[i] for i in group], [prefixes[i] for i in group], linker.search.pad, dev))
         rows = batch["rows"]
         for before, now in zip(rows[:-1], rows[1:]):
             if now != before:  # the search fanned out to K beams or dropped finished examples

@@ -1,8 +1,9 @@
 """Trie-constrained beam search: the top-k KB names a model writes after its forced prefix.
 
 Per batch of inputs, the model's family (angel_dist/model/family.py) reads each input's source
-and forced prefix once (inputs are bucketed by prefix length) and then feeds one token per beam
-through its KV cache; everything else here is the same for both families. Candidates are the
+and forced prefix in one prompt pass (prefixes of different lengths left-padded, so a batch of
+any mentions is one set of rows) and then feeds one token per beam through its KV cache;
+everything else here is the same for both families. Candidates are the
 trie edges out of the beams' states (a few per beam), scored `beam log-prob + log p(token)`; the
 K best non-eos candidates of an example become its beams, and its eos candidates compete for the
 K finished names by the score of DESIGN.md: sum of name-token log-probs (eos included) / tokens.
@@ -40,24 +41,23 @@ class Hypothesis:
 @dataclass
 class SearchStats:
     """What the search fed the model, batch by batch: the shapes a forward-only floor replays."""
-    batches: list[dict] = field(default_factory=list)  # {"examples", "prefix_len", "rows": [rows per step]}
+    batches: list[dict] = field(default_factory=list)  # {"examples", "prefix_lens", "rows": [rows per step]}
 
     @property
     def row_steps(self) -> int:
         return sum(sum(b["rows"]) for b in self.batches)
 
 
-def batches_by_prefix(sources: list[np.ndarray], prefixes: list[np.ndarray], batch_size: int) -> list[list[int]]:
-    """Example indices grouped by prefix length, sorted by source length inside a group, cut
-    into batches: a deterministic function of the lengths only."""
-    order = sorted(range(len(sources)), key=lambda i: (len(prefixes[i]), len(sources[i]), i))
-    out, current = [], []
-    for i in order:
-        if current and (len(current) == batch_size or len(prefixes[current[0]]) != len(prefixes[i])):
-            out.append(current)
-            current = []
-        current.append(i)
-    return out + ([current] if current else [])
+def batches(sources: list[np.ndarray], prefixes: list[np.ndarray], batch_size: int) -> list[list[int]]:
+    """Example indices sorted by (source, prefix) length, cut into batches of `batch_size`: little
+    padding in each, and a deterministic function of the lengths only."""
+    order = sorted(range(len(sources)), key=lambda i: (len(sources[i]), len(prefixes[i]), i))
+    return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+
+
+def batch_inputs(sources: list[np.ndarray], prefixes: list[np.ndarray], pad: int, device) -> tuple[torch.Tensor, ...]:
+    """The prompt pass's tensors: (source ids, source mask, prefix ids, prefix mask), right-padded."""
+    return tuple(t.to(device) for t in (*pad_rows(sources, pad), *pad_rows(prefixes, pad)))
 
 
 STOPS = ("exact", "heuristic")
@@ -141,7 +141,7 @@ class BeamSearch:
                stats: SearchStats | None = None) -> list[list[Hypothesis]]:
         """The top `beams` names of each example, best first (fewer if the trie has fewer)."""
         results: list[list[Hypothesis]] = [[] for _ in sources]
-        for batch in batches_by_prefix(sources, prefixes, self.batch_size):
+        for batch in batches(sources, prefixes, self.batch_size):
             found = self._search_batch([sources[i] for i in batch], [prefixes[i] for i in batch], stats)
             for i, hyps in zip(batch, found):
                 results[i] = hyps
@@ -150,10 +150,8 @@ class BeamSearch:
     def _search_batch(self, sources, prefixes, stats: SearchStats | None) -> list[list[Hypothesis]]:
         K, trie, dev = self.beams, self.trie, self.device
         B = len(sources)
-        source_ids, source_mask = (t.to(dev) for t in pad_rows(sources, self.pad))
-        prefix = torch.as_tensor(np.stack([np.asarray(p, dtype=np.int64) for p in prefixes]), device=dev)
         steps = self.family.steps(self.model)
-        logits = steps.first(source_ids, source_mask, prefix)
+        logits = steps.first(*batch_inputs(sources, prefixes, self.pad, dev))
         rows_per_step = [B]
 
         active = torch.arange(B, device=dev)  # example of each active slot
@@ -224,6 +222,6 @@ class BeamSearch:
             rows_per_step.append(len(states))
 
         if stats is not None:
-            stats.batches.append({"examples": B, "prefix_len": int(prefix.shape[1]), "rows": rows_per_step})
+            stats.batches.append({"examples": B, "prefix_lens": sorted({len(p) for p in prefixes}), "rows": rows_per_step})
         columns = zip(*(x.tolist() for x in (result.name, result.score, result.logp, result.tokens)))
         return [[Hypothesis(n, sc, lp, t) for n, sc, lp, t in zip(*example) if n >= 0] for example in columns]

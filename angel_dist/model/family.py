@@ -106,12 +106,13 @@ class Family:
 class Steps:
     """The model calls of a search (shared with the model-forward floor of bench/decode.py).
 
-    `first` reads each input's source and prefix and returns the logits of the first name token
-    [B, V]; `select(rows, examples)` keeps cache row `rows[j]` as row j (the beams' parents),
-    `examples` is given when the number of rows changes and names for each new row a row of its
-    input; `step(tokens)` feeds one token per row through the cache and returns the next logits."""
+    `first` reads each input's source and prefix (both right-padded, with their masks: prefixes
+    may differ in length) and returns the logits of the first name token [B, V];
+    `select(rows, examples)` keeps cache row `rows[j]` as row j (the beams' parents), `examples`
+    is given when the number of rows changes and names for each new row a row of its input; `step(tokens)` feeds one token per row through the cache and returns the next logits."""
 
-    def first(self, source_ids: torch.Tensor, source_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    def first(self, source_ids: torch.Tensor, source_mask: torch.Tensor, prefix: torch.Tensor,
+              prefix_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def select(self, rows: torch.Tensor, examples: torch.Tensor | None = None) -> None:
@@ -125,6 +126,26 @@ def padding_id(tokenizer) -> int:
     """The id that fills padded positions: the tokenizer's pad, else its eos (Llama's tokenizers
     have no pad; padded positions are masked, so any id serves)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_join(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor):
+    """Rows `a[i, :a_len[i]] + b[i, :b_len[i]]`, left-padded to the longest: (ids [B, N], mask,
+    from_b: the position's index into b's row, -1 where it is not from b). Padded positions
+    repeat a valid id of the row (they are masked). Not TRL's `pad`: it pads a list of tensors,
+    these rows are joined from two padded batches on the device in one gather; and importing trl
+    (its trainers come with it) would cost every search actor seconds."""
+    n = a_len + b_len
+    width = int(n.max())
+    k = torch.arange(width, device=a.device)[None] - (width - n)[:, None]  # index in the row; < 0: padding
+    in_a = k < a_len[:, None]
+    ib = k - a_len[:, None]
+    ids = torch.where(in_a, a.gather(1, k.clamp(0, a.shape[1] - 1)), b.gather(1, ib.clamp(0, b.shape[1] - 1)))
+    return ids, k >= 0, torch.where(in_a, -1, ib)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each left-padded row's first token (0 on padding)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 # -- seq2seq -----------------------------------------------------------------------------------
@@ -176,57 +197,70 @@ class Seq2Seq(Family):
 
 
 class Seq2SeqSteps(Steps):
-    """The encoder once per input, `[decoder_start] + prefix` in one decoder pass (inputs are
-    batched by prefix length, so no decoder row is padded), then one cached decoder step per
-    token. The cross-attention cache holds the same keys and values for every beam of an input,
-    so only the self-attention cache follows the beams' parents."""
+    """The encoder once per input, `[decoder_start] + prefix` in one decoder pass, then one cached
+    decoder step per token. The cross-attention cache holds the same keys and values for every
+    beam of an input, so only the self-attention cache follows the beams' parents.
+
+    Decoder rows of inputs whose prefixes differ in length are left-padded (masked), so every
+    row's next token sits in the same cache column. BART's decoder counts positions from the
+    cache's length for all rows alike and takes no position ids: a row padded by `s` columns is
+    given its own positions by feeding embeddings moved by P(t - s) - P(t) (P the learned position
+    table). A batch of one prefix length runs on token ids as the model's own forward does."""
 
     def __init__(self, model):
         self.model = model
         self.cache_arg = _cache_argument(model)
         self.start = model.config.decoder_start_token_id
+        self.padded = False  # whether some decoder rows are left-padded (their positions are fed)
 
-    def first(self, source_ids, source_mask, prefix):
+    def first(self, source_ids, source_mask, prefix, prefix_mask):
         self.states, self.mask = encode(self.model, source_ids, source_mask), source_mask
-        ids = torch.cat([torch.full((len(prefix), 1), self.start, dtype=torch.long, device=prefix.device), prefix], 1)
-        out = self.model(attention_mask=self.mask, encoder_outputs=(self.states,), decoder_input_ids=ids,
-                         use_cache=True)
+        lengths = prefix_mask.sum(1)
+        start = torch.full((len(prefix), 1), self.start, dtype=torch.long, device=prefix.device)
+        ids, decoder_mask, _ = left_join(start, torch.ones_like(lengths), prefix, lengths)
+        self.padded = bool((lengths < prefix.shape[1]).any())
+        if not self.padded:
+            inputs = {"decoder_input_ids": ids}
+        else:
+            self.decoder_mask = decoder_mask
+            self.position = positions(decoder_mask)[:, -1]
+            inputs = {"decoder_inputs_embeds": self._embed(ids, positions(decoder_mask), 0),
+                      "decoder_attention_mask": decoder_mask}
+        out = self.model(attention_mask=self.mask, encoder_outputs=(self.states,), use_cache=True, **inputs)
         self.cache = _output_cache(out)
         return out.logits[:, -1]
+
+    def _embed(self, ids, own_positions, cache_length: int):
+        """Token embeddings the decoder turns into those of `ids` at `own_positions`, once it adds
+        the positions it counts from `cache_length` itself."""
+        decoder = self.model.get_decoder()
+        table = decoder.embed_positions
+        own = torch.nn.functional.embedding(own_positions + table.offset, table.weight)
+        return decoder.embed_tokens(ids) + (own - table(ids, cache_length))
 
     def select(self, rows, examples=None):
         self.cache.self_attention_cache.reorder_cache(rows)
         if examples is not None:
             self.cache.cross_attention_cache.reorder_cache(examples)
             self.states, self.mask = self.states.index_select(0, examples), self.mask.index_select(0, examples)
+        if self.padded:
+            self.decoder_mask, self.position = self.decoder_mask.index_select(0, rows), self.position.index_select(0, rows)
 
     def step(self, tokens):
-        out = self.model(attention_mask=self.mask, encoder_outputs=(self.states,), decoder_input_ids=tokens[:, None],
-                         use_cache=True, **{self.cache_arg: self.cache})
+        if not self.padded:
+            inputs = {"decoder_input_ids": tokens[:, None]}
+        else:
+            self.position = self.position + 1
+            self.decoder_mask = torch.cat([self.decoder_mask, self.decoder_mask.new_ones((len(tokens), 1))], 1)
+            inputs = {"decoder_inputs_embeds": self._embed(tokens[:, None], self.position[:, None],
+                                                           self.decoder_mask.shape[1] - 1),
+                      "decoder_attention_mask": self.decoder_mask}
+        out = self.model(attention_mask=self.mask, encoder_outputs=(self.states,), use_cache=True,
+                         **{self.cache_arg: self.cache}, **inputs)
         return out.logits[:, -1]
 
 
 # -- causal ------------------------------------------------------------------------------------
-
-
-def left_join(a: torch.Tensor, a_len: torch.Tensor, b: torch.Tensor, b_len: torch.Tensor):
-    """Rows `a[i, :a_len[i]] + b[i, :b_len[i]]`, left-padded to the longest: (ids [B, N], mask,
-    from_b: the position's index into b's row, -1 where it is not from b). Padded positions
-    repeat a valid id of the row (they are masked). Not TRL's `pad`: it pads a list of tensors,
-    these rows are joined from two padded batches on the device in one gather; and importing trl
-    (its trainers come with it) would cost every search actor seconds."""
-    n = a_len + b_len
-    width = int(n.max())
-    k = torch.arange(width, device=a.device)[None] - (width - n)[:, None]  # index in the row; < 0: padding
-    in_a = k < a_len[:, None]
-    ib = k - a_len[:, None]
-    ids = torch.where(in_a, a.gather(1, k.clamp(0, a.shape[1] - 1)), b.gather(1, ib.clamp(0, b.shape[1] - 1)))
-    return ids, k >= 0, torch.where(in_a, -1, ib)
-
-
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counted from each left-padded row's first token (0 on padding)."""
-    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 @lru_cache(maxsize=None)
@@ -311,9 +345,8 @@ class CausalSteps(Steps):
         self.family, self.model = family, model
         self.cache_arg = _cache_argument(model)
 
-    def first(self, source_ids, source_mask, prefix):
-        width = torch.full((len(prefix),), prefix.shape[1], device=prefix.device)
-        ids, self.mask, _ = left_join(source_ids, source_mask.sum(1) - 1, prefix, width)
+    def first(self, source_ids, source_mask, prefix, prefix_mask):
+        ids, self.mask, _ = left_join(source_ids, source_mask.sum(1) - 1, prefix, prefix_mask.sum(1))
         self.prompt = ids.shape[1]
         self.position = positions(self.mask)[:, -1]
         out = self.model(**self.family._call(self.model, ids, self.mask, 1), use_cache=True)
