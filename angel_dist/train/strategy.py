@@ -116,11 +116,13 @@ def owns_gradients(config: dict) -> bool:
 
 
 class DeepSpeedStrategy:
-    def __init__(self, model: torch.nn.Module, config: dict):
+    def __init__(self, model: torch.nn.Module, config: dict, own_gradients: bool = True):
+        """`own_gradients=False` leaves even stage 0's gradients to DeepSpeed (its per-parameter
+        path; bench/train.py counts both)."""
         import deepspeed
         import torch.distributed as dist
 
-        self.owned, self.clip, self.flat = owns_gradients(config), 0.0, None
+        self.owned, self.clip, self.flat = own_gradients and owns_gradients(config), 0.0, None
         if self.owned:  # clipped here, after the average
             self.clip, config = config.get("gradient_clipping", 0.0), {**config, "gradient_clipping": 0.0}
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
