@@ -1,14 +1,19 @@
 """Benchmark: the training engine against a plain PyTorch loop, 1 vs 2 workers, DPO with stored
-reference log-probs against a live reference model, and the reader's share of a step.
+reference log-probs against a live reference model, the reader's share of a step, and the aten
+operations an optimizer step dispatches outside the model's forward and backward.
 
-    python bench/train.py                      # CPU: HPO examples, the `small` preset
+    python bench/train.py                      # CPU: HPO examples, the `small` preset; op counts of `large`
+    python bench/train.py --part ops           # only the op counts (`large`, micro-batch 2)
+    python bench/train.py --part engine        # only the plain loop against one engine worker
     python bench/train.py --gpu --model large --batch-size 512 --steps 40 --ds zero2   # one GPU
 
-Targets (issue 4): engine with one worker >= 0.9x the plain loop's tokens/s (same threads and
-batch); two workers >= 1.7x one worker (one CPU each); DPO with stored reference log-probs <=
-0.8x the step time of a live reference, with one model's memory instead of two; on a GPU,
-`large` NLL pretraining under ZeRO-2 in bf16 at >= 40% MFU. Stages run in subprocesses so that
-peak memory is their own. Prints a JSON report.
+Targets (issues 4 and 22): engine with one worker >= 0.95x the plain loop's tokens/s (same
+threads and batch); two workers >= 1.7x one worker (one CPU each); DPO with stored reference
+log-probs <= 0.8x the step time of a live reference, with one model's memory instead of two; an
+optimizer step of `large` dispatching at most 10% as many aten operations outside forward and
+backward as inside (counts that do not depend on the machine); on a GPU, `large` NLL pretraining
+under ZeRO-2 in bf16 at >= 40% MFU. Stages run in subprocesses so that peak memory is their own.
+Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -269,6 +274,35 @@ def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> d
     return report
 
 
+def stage_ops(work: str, model_name: str, batch: int, ds: str, settings: str) -> dict:
+    """aten operations one optimizer step of one engine rank dispatches (world size 1 in this
+    process, fp32 on CPU), split into the model's forward and backward and the rest (see
+    angel_dist/train/opcount.py). `settings`: `strategy` (the project's: the strategy's gradient
+    path where it owns one, fused AdamW) or `deepspeed` (DeepSpeed's own per-parameter stage-0
+    path, torch's AdamW one tensor at a time)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from angel_dist.model import load_model
+    from angel_dist.train.opcount import step_op_counts
+    from angel_dist.train.strategy import ds_config, init_distributed
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                      LOCAL_WORLD_SIZE="1", DS_ACCELERATOR="cpu")
+    dist.init_process_group("gloo")
+    init_distributed(on_gpu=False, node_local=True)
+    tok, _, batches = _batches(work, batch, 1)
+    config = ds_config(ROOT / "ds_configs" / f"{ds}.json", batch, 1, 1.0, 3e-5, 0.01, on_gpu=False)
+    if settings == "deepspeed":
+        config["optimizer"]["params"]["fused"] = False
+    counts = step_op_counts(load_model(model_name, tok).train(), next(batches), config, settings == "strategy")
+    return {"model": model_name, "micro_batch": batch, "ds_config": ds, "settings": settings, **counts}
+
+
 def run_stage(name: str, *args) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, *map(str, args)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -281,7 +315,7 @@ def run_stage(name: str, *args) -> dict:
 STAGES = {"data": (stage_data, (str,)), "engine": (stage_engine, (str, str, int, int, int, str)),
           "plain": (stage_plain, (str, str, int, int)), "pairs": (stage_pairs, (str,)),
           "dpo": (stage_dpo, (str, str, int, int, lambda v: v == "True")),
-          "rank": (stage_rank, (str, str, int, int, str))}
+          "rank": (stage_rank, (str, str, int, int, str)), "ops": (stage_ops, (str, str, int, str, str))}
 
 
 def main() -> None:
@@ -292,6 +326,10 @@ def main() -> None:
     p.add_argument("--work-dir", default=None)
     p.add_argument("--gpu", action="store_true", help="only one rank in one process, on its GPU (CPU when none): tokens/s and MFU")
     p.add_argument("--ds", default="zero2", help="ds_configs/ template of the --gpu run")
+    p.add_argument("--part", choices=("all", "engine", "ops"), default="all",
+                   help="engine: only the plain loop against one engine worker; ops: only the operation counts")
+    p.add_argument("--ops-model", default="large", help="preset whose optimizer step's aten operations are counted")
+    p.add_argument("--ops-batch", type=int, default=2, help="micro-batch of the operation counts")
     p.add_argument("--stage", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.stage:
@@ -308,6 +346,14 @@ def main() -> None:
         report["rank"] = run_stage("rank", work, m, b, n, args.ds)
         print(json.dumps(report, indent=2))
         return
+    if args.part in ("all", "ops"):
+        # The engine's settings before issue 22 (DeepSpeed's own stage-0 path) and now, side by
+        # side; ZeRO-2, whose gradients DeepSpeed partitions through per-parameter hooks, beside them.
+        report["ops_per_step"] = {f"{ds}_{settings}": run_stage("ops", work, args.ops_model, args.ops_batch, ds, settings)
+                                  for ds, settings in (("ddp", "deepspeed"), ("ddp", "strategy"), ("zero2", "strategy"))}
+        if args.part == "ops":
+            print(json.dumps(report, indent=2))
+            return
     # One rank has nothing to shard: ZeRO stage 0 (ddp.json) is the engine's plain data-parallel
     # mode; ZeRO-2's flattened fp32 copies are reported beside it. The plain loop, 1 and 2
     # workers alternate, twice, best of each: runs on this kind of machine differ by a fifth
@@ -317,12 +363,15 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"plain": [], "1w": [], "2w": []}
     for _ in range(2):
         runs["plain"].append(run_stage("plain", work, m, b, n))
-        for w in (1, 2):
+        for w in (1,) if args.part == "engine" else (1, 2):
             runs[f"{w}w"].append(run_stage("engine", work, m, w, b, n // w, "ddp"))
-    report["plain_loop"], report["engine_1w"], report["engine_2w"] = (
-        max(runs[k], key=lambda r: r["tokens_per_s"]) for k in ("plain", "1w", "2w"))
-    report["runs_tokens_per_s"] = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}
+    report["plain_loop"], report["engine_1w"] = (max(runs[k], key=lambda r: r["tokens_per_s"]) for k in ("plain", "1w"))
+    report["runs_tokens_per_s"] = {k: [r["tokens_per_s"] for r in v] for k, v in runs.items() if v}
     report["engine_over_plain"] = report["engine_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
+    if args.part == "engine":
+        print(json.dumps(report, indent=2))
+        return
+    report["engine_2w"] = max(runs["2w"], key=lambda r: r["tokens_per_s"])
     report["two_over_one"] = report["engine_2w"]["tokens_per_s"] / report["engine_1w"]["tokens_per_s"]
     report["engine_zero2_1w"] = run_stage("engine", work, m, 1, b, n, "zero2")
     report["engine_zero2_2w"] = run_stage("engine", work, m, 2, b, n // 2, "zero2")

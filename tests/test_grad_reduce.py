@@ -1,7 +1,9 @@
 """FlatGradients across two ranks on one node: the averaged gradients are the mean of the ranks'
 own (reduced through gloo on loopback, and through DeepSpeed's shared-memory all-reduce that
-init_distributed brings up on CPU), accumulation reduces only once, a parameter without a
-gradient on one rank counts as zeros, and gradients stay in the buffer across steps."""
+init_distributed brings up on CPU), clipped as torch clips the mean, accumulation reduces only
+once, a parameter without a gradient on one rank counts as zeros, and gradients stay in the
+buffer across steps. The gradient work, and an engine step's work outside forward and backward,
+takes a number of operations that does not grow with the number of parameter tensors."""
 
 import os
 from pathlib import Path
@@ -11,12 +13,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from angel_dist.train.grad_reduce import FlatGradients
+from angel_dist.train.grad_reduce import FlatGradients, clip_gradients
+from angel_dist.train.opcount import count_aten_ops
 from conftest import free_port
 
 # Micro-batches per step: a plain step; two accumulated; one into the views the optimizer zeroed in
-# place (instead of dropping them); one where rank 1 has no gradient for the last layer.
+# place (instead of dropping them); one where rank 1 has no gradient for the last layer. The mean's
+# norm is clipped to CLIPS (0: not clipped; the others are below the norms, so they bite).
 STEPS = (1, 2, 1, 1)
+CLIPS = (0.0, 0.05, 0.0, 0.02)
 
 
 def _model() -> torch.nn.Module:
@@ -63,9 +68,9 @@ def _rank(rank: int, world: int, port: int, shared_memory: bool, out) -> None:
         for step, micros in enumerate(STEPS):
             for m in range(micros):
                 _loss(model, rank, step, m).backward()
-            flat.all_reduce_mean()
+            flat.all_reduce_mean(CLIPS[step])
             results.append([p.grad.clone() for p in model.parameters()])
-            assert all(p.grad.data_ptr() == v.data_ptr() for p, v in flat.views)
+            assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(flat.params, flat.views))
             opt.step()
             opt.zero_grad(set_to_none=step != 1)
         out[rank] = results
@@ -82,6 +87,9 @@ def test_flat_gradients_average_the_ranks_gradients(shared_memory):
         results = dict(out)
     for step in range(len(STEPS)):
         mean = [sum(gs) / world for gs in zip(*(_local_grads(r, step) for r in range(world)))]
+        if CLIPS[step]:
+            assert torch.linalg.vector_norm(torch.cat([g.flatten() for g in mean])) > CLIPS[step]
+            torch.nn.utils.clip_grad_norm_(_params_of(mean), CLIPS[step])
         for rank in range(world):
             got = results[rank][step]
             assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(got, mean))
@@ -89,3 +97,73 @@ def test_flat_gradients_average_the_ranks_gradients(shared_memory):
     assert not mean[-1].eq(0).all()  # rank 1 had no gradient for the last layer; rank 0's was halved
     if shared_memory:
         assert results["segments-0"] == results["segments-1"] == []  # nothing left in /dev/shm
+
+
+def _params_of(grads: list[torch.Tensor]) -> list[torch.nn.Parameter]:
+    """Parameters holding `grads` (the very tensors) as their gradients."""
+    params = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g
+    return params
+
+
+def test_a_lone_rank_clips_as_torch_does():
+    grads = [torch.randn(5, 3, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    ours, theirs = _params_of([g.clone() for g in grads]), _params_of([g.clone() for g in grads])
+    clip_gradients(ours + [torch.nn.Parameter(torch.zeros(2))], 0.5)  # one without a gradient
+    torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    assert all(torch.allclose(a.grad, b.grad, rtol=1e-6) for a, b in zip(ours, theirs))
+    assert not torch.allclose(ours[0].grad, grads[0])  # the clip bit
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_gradient_work_takes_the_same_operations_for_10_or_200_parameters(world):
+    def ops(n: int) -> int:
+        params = _params_of([torch.ones(3, 2) for _ in range(n)])
+        if world == 1:
+            return count_aten_ops(lambda: clip_gradients(params, 0.5))["dispatched"]
+        flat = FlatGradients(params, world, lambda t: t.mul_(world))  # the sum of `world` equal ranks
+        counts = count_aten_ops(lambda: flat.all_reduce_mean(0.5))["dispatched"]
+        assert torch.allclose(flat.buffer, torch.full_like(flat.buffer, 0.5 / (6 * n) ** 0.5))
+        return counts
+
+    assert ops(10) == ops(200) <= 12
+
+
+def _engine_steps(rank: int, port: int, out) -> None:
+    """One rank: the same tiny BART and batch stepped three times by the strategy's own gradient
+    path and by DeepSpeed's (stage 0, fp32), operations counted on the third step."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from angel_dist.train.opcount import step_op_counts
+    from angel_dist.train.strategy import ds_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                      LOCAL_WORLD_SIZE="1", DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    g = torch.Generator().manual_seed(0)
+    batch = {"source_ids": torch.randint(3, 64, (2, 12), generator=g), "source_mask": torch.ones(2, 12, dtype=torch.bool),
+             "decoder_ids": torch.randint(3, 64, (2, 6), generator=g), "decoder_mask": torch.ones(2, 6, dtype=torch.bool),
+             "target_mask": torch.arange(6).expand(2, 6) >= 3}
+    try:
+        for own in (True, False):
+            torch.manual_seed(0)
+            model = BartForConditionalGeneration(BartConfig(
+                vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
+            config = ds_config(Path(__file__).parents[1] / "ds_configs" / "ddp.json", 2, 1, 1e-3, 1e-2, 0.01, False)
+            config["optimizer"]["params"]["fused"] = own
+            out[own] = step_op_counts(model, batch, config, own_gradients=own), model.state_dict()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_engine_step_outside_forward_and_backward_takes_few_operations_and_trains_as_deepspeed():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_engine_steps, args=(free_port(), out), nprocs=1)
+        (ours, weights), (deepspeed, theirs) = out[True], out[False]
+    assert ours["forward_backward"] == deepspeed["forward_backward"]
+    assert ours["rest_over_forward_backward"] <= 0.1 < deepspeed["rest_over_forward_backward"]
+    assert all(torch.allclose(weights[k], theirs[k], rtol=1e-5, atol=1e-7) for k in weights)  # clip 1e-3 bites

@@ -193,3 +193,39 @@ def test_dpo_losses():
         dpo_loss(pc, pr, rc, rr, loss_type="ipo")
     with pytest.raises(ValueError, match="loss_type"):
         dpo_loss(pc, pr, rc, rr, loss_type="kto")
+
+
+def test_batches_padded_to_fixed_lengths_score_and_lose_as_tight_ones(model, tokenizer):
+    """pad_to_buckets: sources and decoder rows padded past the batch maximum (masked) give the
+    log-probs and loss of the batch padded to its own maximum."""
+    import numpy as np
+
+    from angel_dist.shards.reader import collate
+
+    def ids(text, special=True):
+        return np.array(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int32)
+
+    samples = [{"__key__": str(i), "kind": "kb", "cuis": ["C1"], "source": s, "prefix": p, "target": t,
+                "source_ids": ids(s), "prefix_ids": ids(" " + p, False),
+                "target_ids": np.append(ids(" " + t, False), tokenizer.eos_token_id)} for i, (s, p, t) in enumerate(ROWS)]
+    batch_ids = family_of(model).batch_ids(model, tokenizer)
+    tight, padded = collate(samples, **batch_ids), collate(samples, **batch_ids, pad_to=(2, 64))
+    for key in ("source_ids", "decoder_ids", "target_mask"):
+        assert tight[key].shape[1] < padded[key].shape[1] == 64
+    with torch.no_grad():
+        a, b = _score(model, tight), _score(model, padded)
+    assert torch.allclose(a.logp, b.logp, atol=1e-5) and torch.equal(a.tokens, b.tokens)
+    assert label_smoothed_nll(b)[0].item() == pytest.approx(label_smoothed_nll(a)[0].item(), abs=1e-5)
+
+
+def test_padded_lengths_are_the_next_fixed_one_and_at_most_8_are_taken():
+    from angel_dist.shards.reader import padded_length
+    from angel_dist.train.config import TrainConfig
+    from angel_dist.typed import ConfigError
+
+    assert [padded_length(n, (8, 16)) for n in (1, 8, 9, 16, 17, 33)] == [8, 8, 16, 16, 32, 48]
+    assert padded_length(13) == 13
+    assert TrainConfig(data=["d"], pad_to_buckets=[16, 32, 64]).pad_to_buckets == [16, 32, 64]
+    for bad in ([32, 16], [16, 16], list(range(1, 10))):
+        with pytest.raises(ConfigError, match="pad_to_buckets: expected at most 8 increasing lengths"):
+            TrainConfig(data=["d"], pad_to_buckets=bad)

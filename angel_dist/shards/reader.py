@@ -228,6 +228,7 @@ class ReaderConfig:
     bucket_size: int = 512
     on_bad_input: str = "error"  # or "skip": count and drop the samples of corrupt shards
     verify: bool = True  # check each shard's sha256 and members when a process first opens it
+    pad_to: tuple[int, ...] = ()  # increasing lengths rows are padded up to (see padded_length); () = batch maximum
 
     def order(self) -> dict:
         """The settings that fix the epoch sequence (a resumed run must keep them)."""
@@ -286,9 +287,19 @@ class EpochSequence:
         return out
 
 
-def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Id rows padded to the longest: (ids int64 [n, L], mask bool [n, L])."""
-    length = max(len(r) for r in rows)
+def padded_length(length: int, pad_to: tuple[int, ...] = ()) -> int:
+    """The length a batch whose longest row has `length` ids is padded to: itself without `pad_to`,
+    else the first of the increasing `pad_to` lengths that holds it, past the last a multiple of
+    the last. A run then sees a few fixed shapes, which compiled steps and CUDA graphs need (each
+    new shape is a new graph); the padding is masked, so losses do not change."""
+    if not pad_to or length <= 0:
+        return length
+    return next((p for p in pad_to if p >= length), -(-length // pad_to[-1]) * pad_to[-1])
+
+
+def pad_rows(rows: list[np.ndarray], pad_id: int, pad_to: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows padded to the longest, or further (see padded_length): (ids int64 [n, L], mask bool [n, L])."""
+    length = padded_length(max(len(r) for r in rows), pad_to)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.bool)
     for i, r in enumerate(rows):
@@ -297,19 +308,20 @@ def pad_rows(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def collate(samples: list[dict], pad_id: int, decoder_start_id: int) -> dict:
-    """Pad to the batch maximum. decoder_ids = [decoder_start] + prefix + target; target_mask
-    marks the target tokens (the name and eos), the only ones the loss and scores count.
-    Pair samples give chosen_* and rejected_* decoder rows, padded to one length."""
+def collate(samples: list[dict], pad_id: int, decoder_start_id: int, pad_to: tuple[int, ...] = ()) -> dict:
+    """Pad to the batch maximum, or up to a length of `pad_to` (see padded_length): sources and
+    decoder rows each. decoder_ids = [decoder_start] + prefix + target; target_mask marks the
+    target tokens (the name and eos), the only ones the loss and scores count. Pair samples give
+    chosen_* and rejected_* decoder rows, padded to one length."""
     n = len(samples)
-    source, source_mask = pad_rows([s["source_ids"] for s in samples], pad_id)
+    source, source_mask = pad_rows([s["source_ids"] for s in samples], pad_id, pad_to)
     batch = {"source_ids": source, "source_mask": source_mask, "keys": [s["__key__"] for s in samples],
              "cuis": [s["cuis"] for s in samples], "prefixes": [s["prefix"] for s in samples]}
     pair = samples[0]["kind"] == "pair"
     names = ("chosen", "rejected") if pair else ("target",)
     rows = {name: [np.concatenate([[decoder_start_id], s["prefix_ids"], s[f"{name}_ids"]]) for s in samples]
             for name in names}
-    dec_len = max(len(r) for rs in rows.values() for r in rs)
+    dec_len = padded_length(max(len(r) for rs in rows.values() for r in rs), pad_to)
     for name in names:
         decoder = torch.full((n, dec_len), pad_id, dtype=torch.long)
         decoder_mask = torch.zeros((n, dec_len), dtype=torch.bool)
@@ -396,7 +408,7 @@ class ShardStream(IterableDataset):
                 first = self.start + j * self.step_samples + self.rank * b
                 samples = [self._sample(s, k, policy) for s, k in sequence.at(first, b)]
                 kept = [s for s in samples if s is not None]
-                batch = collate(kept, self.pad_id, self.decoder_start_id) if kept else {}
+                batch = collate(kept, self.pad_id, self.decoder_start_id, self.config.pad_to) if kept else {}
                 batch["skipped"] = len(samples) - len(kept)
                 yield batch
         except BadInputError as e:

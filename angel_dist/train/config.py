@@ -13,6 +13,7 @@ OBJECTIVES = ("nll", "dpo")
 SCHEDULES = ("linear", "polynomial", "constant")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray placement group strategies
 LOGGERS = ("tensorboard", "mlflow", "wandb")  # beside metrics.jsonl, which is always written
+MAX_PAD_BUCKETS = 8  # each length is a shape a compiled step is captured for, in sources and decoder rows each
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainConfig:
     seed: NonNegativeInt = 0
     shuffle_buffer: PositiveInt = 4096
     bucket: bool = True
+    # Pad sources and decoder rows up to the next of these increasing lengths (at most 8; past the
+    # last, to a multiple of it) instead of the batch maximum: a few fixed shapes, for `compile`
+    # and CUDA graphs. Empty: no padding beyond the batch.
+    pad_to_buckets: list[PositiveInt] = field(default_factory=list)
+    compile: bool = False  # torch.compile the model (for GPUs; static shapes with pad_to_buckets)
     loader_workers: NonNegativeInt = 1
     save_every: PositiveInt = 100
     keep_last: NonNegativeInt = 3  # 0: keep every checkpoint
@@ -61,6 +67,9 @@ class TrainConfig:
         check_fields(self)
         if not self.data:
             raise ConfigError("data", "give at least one shard set directory")
+        pad = self.pad_to_buckets
+        if len(pad) > MAX_PAD_BUCKETS or any(a >= b for a, b in zip(pad, pad[1:])):
+            raise ConfigError("pad_to_buckets", f"expected at most {MAX_PAD_BUCKETS} increasing lengths, got {pad}")
         if isinstance(self.workers, list) and (len(self.workers) != 2 or self.workers[0] > self.workers[1]):
             raise ConfigError("workers", f"expected a number or [MIN, MAX] with MIN <= MAX, got {self.workers}")
 

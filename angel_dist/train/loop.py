@@ -160,7 +160,8 @@ def train_worker(loop_config: dict) -> None:
     tokenizer = load_tokenizer(cfg.tokenizer)
     model = load_model(cfg.model, tokenizer, seed=cfg.seed)
     loader = ShardLoader(cfg.data, ReaderConfig(batch_size=cfg.batch_size, seed=cfg.seed,
-                                                shuffle_buffer=cfg.shuffle_buffer, bucket=cfg.bucket),
+                                                shuffle_buffer=cfg.shuffle_buffer, bucket=cfg.bucket,
+                                                pad_to=tuple(cfg.pad_to_buckets)),
                          rank=rank, world_size=world, num_workers=cfg.loader_workers,
                          tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                          **family_of(model).batch_ids(model, tokenizer))
@@ -171,6 +172,8 @@ def train_worker(loop_config: dict) -> None:
     tag, load, meta = _resume_plan(root, world, rank, cfg)
     strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
                                                   cfg.weight_decay, on_gpu, universal=load != tag))
+    if cfg.compile:
+        strategy.compile(len(cfg.pad_to_buckets) ** 2)
     step = 0
     torch.manual_seed(cfg.seed * 1000 + rank)
     if tag is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from angel_dist.train.grad_reduce import FlatGradients
+from angel_dist.train.grad_reduce import FlatGradients, clip_gradients
 
 
 # DeepSpeed's shared-memory segment of a rank (deepspeed/ops/csrc/cpu/comm/shm.cpp names it so).
@@ -88,7 +88,10 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
     optimizer.setdefault("params", {}).update({"lr": lr, "weight_decay": weight_decay})
     offload = config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
     if not offload:
-        optimizer["params"]["torch_adam"] = True  # fused Adam kernels exist only for CUDA builds
+        # torch's AdamW (DeepSpeed's FusedAdam exists only for CUDA builds), fused: one operation
+        # updates every tensor, where its default on CPU takes ~10 per parameter. (Offload keeps
+        # DeepSpeed's CPU Adam, which works on ZeRO's flat partitions already.)
+        optimizer["params"].update({"torch_adam": True, "fused": True})
     if on_gpu and torch.cuda.is_bf16_supported():
         config["bf16"] = {"enabled": True}
     else:
@@ -103,25 +106,33 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
     return config
 
 
+def owns_gradients(config: dict) -> bool:
+    """Whether the strategy, not DeepSpeed, averages and clips the gradients under this engine
+    config: ZeRO stage 0 in fp32, which only averages gradients (angel_dist/train/grad_reduce.py
+    does it in a fixed number of operations; DeepSpeed per parameter). Mixed precision keeps fp32
+    gradients of its own, and ZeRO partitions them, so DeepSpeed reduces those."""
+    mixed = any(config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
+    return config.get("zero_optimization", {}).get("stage", 0) == 0 and not mixed
+
+
 class DeepSpeedStrategy:
-    def __init__(self, model: torch.nn.Module, config: dict):
+    def __init__(self, model: torch.nn.Module, config: dict, own_gradients: bool = True):
+        """`own_gradients=False` leaves even stage 0's gradients to DeepSpeed (its per-parameter
+        path; bench/train.py counts both)."""
         import deepspeed
         import torch.distributed as dist
 
+        self.owned, self.clip, self.flat = own_gradients and owns_gradients(config), 0.0, None
+        if self.owned:  # clipped here, after the average
+            self.clip, config = config.get("gradient_clipping", 0.0), {**config, "gradient_clipping": 0.0}
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                                  config=config)
-        self.flat: FlatGradients | None = None
-        engine = self.engine
-        if engine.zero_optimization_stage() == 0 and not (engine.bfloat16_enabled() or engine.fp16_enabled()):
-            # Stage 0 in fp32 only averages gradients: a lone rank has nothing to average, and
-            # FlatGradients averages without DeepSpeed's copies. (Mixed precision keeps fp32
-            # gradients of its own, so DeepSpeed reduces those.) The attribute is the engine's
-            # own switch for ranks that reduce elsewhere (its pipeline engine sets it too).
-            engine.enable_backward_allreduce = False
-            world = dist.get_world_size()
-            if world > 1:
-                self.flat = FlatGradients([p for p in engine.module.parameters() if p.requires_grad], world,
-                                          _shared_memory_all_reduce())
+        self.params = [p for p in self.engine.module.parameters() if p.requires_grad]
+        if self.owned:
+            # The engine's own switch for ranks that reduce elsewhere (its pipeline engine sets it too).
+            self.engine.enable_backward_allreduce = False
+            if dist.get_world_size() > 1:
+                self.flat = FlatGradients(self.params, dist.get_world_size(), _shared_memory_all_reduce())
 
     @property
     def model(self):
@@ -140,10 +151,23 @@ class DeepSpeedStrategy:
     def train(self, mode: bool = True) -> None:
         self.engine.train(mode)
 
+    def compile(self, shapes: int = 0) -> None:
+        """torch.compile the model in place (DeepSpeed's `compile`: parameter names, hence
+        checkpoints, stay): with `shapes` (padded batches take at most that many), one static graph
+        for each; else torch's default, which makes lengths dynamic once they change."""
+        import torch._dynamo
+
+        if shapes:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, shapes)
+        self.engine.compile(compile_kwargs={"dynamic": False} if shapes else {})
+
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
-        if self.flat is not None and self.engine.is_gradient_accumulation_boundary():
-            self.flat.all_reduce_mean()
+        if self.owned and self.engine.is_gradient_accumulation_boundary():
+            if self.flat is not None:
+                self.flat.all_reduce_mean(self.clip)
+            else:
+                clip_gradients(self.params, self.clip)
 
     def step(self, lr: float) -> bool:
         """Apply the micro-batch; True when this was the last micro-batch of an optimizer step."""
