@@ -178,7 +178,7 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("kb")
     _add_corpus_common(cp)
     cp.add_argument("--shards", type=int, help="number of shards (default: one per 100k names, at least 8)")
-    cp.add_argument("--mention-scheme", choices=("random", "most_sim"), default="most_sim")
+    cp.add_argument("--mention-scheme", choices=("random", "most_sim"), default="random")
     cp.add_argument("--seed", type=int, default=0)
     cp.set_defaults(run=_corpus_pretrain)
     cm = corpus.add_parser("mentions", help="a benchmark split (PubTator) as example shards")

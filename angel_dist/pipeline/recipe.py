@@ -56,7 +56,7 @@ class TokenizerRecipe:
 @dataclass
 class CorpusRecipe:
     shards: PositiveInt = 8
-    mention_scheme: MentionScheme = "most_sim"
+    mention_scheme: MentionScheme = "random"  # GenBioEL's; ANGEL's release uses most_sim
     max_source_tokens: PositiveInt = 700
 
     def __post_init__(self):
