@@ -84,9 +84,11 @@ def _corpus_pretrain(args) -> None:
 
 def _corpus_mentions(args) -> None:
     from angel_dist.corpus.build import build_mention_corpus
-    from angel_dist.corpus.mention_examples import MentionExampleConfig
+    from angel_dist.corpus.mention_examples import MentionExampleConfig, MentionInputConfig
 
-    config = MentionExampleConfig(context=args.context, entity_type=args.entity_type,
+    inputs = MentionInputConfig(context=args.context, lowercase=args.lowercase,
+                                normalize_mention=args.normalize_mention, abbreviations=args.abbreviations)
+    config = MentionExampleConfig(inputs=inputs, entity_type=args.entity_type,
                                   syn_k=None if args.eval_only else args.syn_k)
     manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
                                     max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
@@ -190,7 +192,15 @@ def parser() -> argparse.ArgumentParser:
     target = cm.add_mutually_exclusive_group()
     target.add_argument("--syn-k", type=int, default=3, help="training rows per mention: its k most similar gold names")
     target.add_argument("--eval-only", action="store_true", help="one row per mention, no target")
-    cm.add_argument("--context", choices=("sentence", "document"), default="sentence")
+    cm.add_argument("--context", choices=("sentence", "document"), default="document",
+                    help="the document (title + abstract, a 384-word window: GenBioEL's) or the sentence around "
+                         "the mention")
+    cm.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                    help="lowercase the context (GenBioEL)")
+    cm.add_argument("--normalize-mention", action=argparse.BooleanOptionalAction, default=True,
+                    help="write the mention normalized like KB names, in the prefix and the input (GenBioEL)")
+    cm.add_argument("--abbreviations", action=argparse.BooleanOptionalAction, default=True,
+                    help="write abbreviated mentions with the long forms their document defines (Schwartz-Hearst)")
     cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                     help="stop at the first malformed line (default) or skip, count and report")
     cm.add_argument("--allow-empty", action="store_true",

@@ -10,14 +10,17 @@ import pytest
 from angel_dist.corpus.encode import encode_examples
 from angel_dist.corpus.example import Example
 from angel_dist.corpus.kb_examples import TEMPLATES, KbExampleConfig, concept_examples, kb_examples
-from angel_dist.corpus.mention_examples import KbIndex, MentionExampleConfig, mention_examples
-from angel_dist.corpus.pubtator import read_pubtator
+from angel_dist.corpus.abbreviations import expand
+from angel_dist.corpus.mention_examples import (KbIndex, MentionExampleConfig, MentionInputConfig, mention_examples,
+                                               mention_inputs)
+from angel_dist.corpus.pubtator import Document, Mention, read_pubtator
 from angel_dist.corpus.sentences import sentence_spans, window
 from angel_dist.corpus.similarity import CharTfidf
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.gold import canonical_id, split_gold
 from angel_dist.kb.build import embedded_source
 from angel_dist.kb.medic import read_medic
+from angel_dist.kb.normalize import normalize_name
 from angel_dist.kb.obo import OboConfig, read_obo
 from angel_dist.kb.table import assemble_kb
 from conftest import DATA, needs_data
@@ -336,7 +339,53 @@ def test_unlinked_and_other_types_are_counted(tmp_path):
     assert counts["documents"] == 2 and counts["mentions_read"] == 3
     assert counts["other_entity_type"] == 1 and counts["unlinked_dropped"] == 1 and counts["mentions_kept"] == 1
     assert [e.target for e in examples] == ["ataxia telangiectasia", "louis bar syndrome"]
+    assert examples[0].source == "START ataxia telangiectasia END . a rare disease. it is bad."
+    assert examples[0].prefix == "ataxia telangiectasia is"
+    raw = MentionInputConfig(context="sentence", lowercase=False, normalize_mention=False, abbreviations=False)
+    examples, _ = mention_examples(read_pubtator(path), kb, _tfidf(table),
+                                   MentionExampleConfig(raw, entity_type="Disease", syn_k=3))
     assert examples[0].source == "START Ataxia telangiectasia END ." and examples[0].prefix == "Ataxia telangiectasia is"
+
+
+def test_mentions_are_written_as_genbioel_writes_them():
+    title = "Fish-eye disease (FED) and LCAT."
+    abstract = ("Lecithin:cholesterol acyltransferase (LCAT) deficiency causes FED. Patients with FED-like "
+                "opacities and FED's (sic) signs had LCAT-deficiency.")
+    text = f"{title} {abstract}"
+    spans = [(text.index("FED."), text.index("FED.") + 3), (text.index("LCAT-"), text.index("LCAT-") + 15),
+             (0, 16), (text.index("FED-like"), text.index("FED-like") + 3)]
+    doc = Document("7", title, abstract, [Mention(a, b, text[a:b], "Disease", "D1", 0) for a, b in spans])
+    examples = mention_inputs(doc, doc.mentions)
+    assert [e.prefix for e in examples] == ["fish eye disease is", "lecithin:cholesterol acyltransferase deficiency is",
+                                            "fish eye disease is", "fish eye disease is"]
+    assert [bool(e.meta.get("expanded")) for e in examples] == [True, True, False, True]
+    first = examples[0]
+    assert first.source.startswith("fish-eye disease (fed) and lcat. lecithin:cholesterol acyltransferase (lcat) "
+                                   "deficiency causes START fish eye disease END . patients with fed-like")
+    assert first.source[first.mention_span[0]:first.mention_span[1]] == "fish eye disease"
+    # Each switch off: the sentence, as written.
+    raw = mention_inputs(doc, doc.mentions, MentionInputConfig("sentence", False, False, False))
+    assert raw[0].source == ("Lecithin:cholesterol acyltransferase (LCAT) deficiency causes START FED END .")
+    assert [e.prefix for e in raw] == ["FED is", "LCAT-deficiency is", "Fish-eye disease is", "FED is"]
+    assert MentionInputConfig.from_record({"context": "sentence"}) == MentionInputConfig("sentence", False, False, False)
+    assert expand("IL-2R and IL", {"IL": "interleukin", "IL-2R": "interleukin 2 receptor"}) == \
+        "interleukin 2 receptor and interleukin"
+    assert expand("FEDS", {"FED": "fish-eye disease"}) == "FEDS"
+
+
+@pytest.mark.parametrize("at, left, right", [(600, 192, 192), (50, 50, 334), (990, 374, 10), (0, 0, 384)])
+def test_document_context_is_genbioels_384_word_window(at, left, right):
+    """1000 words and the mention: each side keeps what the other leaves of 384, 192 at least."""
+    words = [f"w{i}" for i in range(1000)]
+    text = " ".join(words[:at] + ["Mention"] + words[at:])
+    start = text.index("Mention")
+    doc = Document("1", text, "", [Mention(start, start + 7, "Mention", "", "", 0)])
+    e = mention_inputs(doc, doc.mentions)[0]
+    before, after = e.source.split("START mention END")
+    assert before.split() == [f"w{i}" for i in range(at - left, at)]
+    assert after.split() == [f"w{i}" for i in range(at, at + right)]
+    short = Document("2", "A short title.", "An abstract.", [Mention(2, 7, "short", "", "", 0)])
+    assert mention_inputs(short, short.mentions)[0].source == "a START short END title. an abstract."
 
 
 @needs_data
@@ -346,7 +395,8 @@ def test_ncbi_dev_mentions_match_the_text(medic, medic_tfidf):
     assert len(docs) == 100 and len(mentions) == 787
     assert all(d.text[m.start:m.end] == m.text for d, m in mentions)
     kb = KbIndex(medic)
-    examples, counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(syn_k=None))
+    raw = MentionInputConfig("sentence", lowercase=False, normalize_mention=False, abbreviations=False)
+    examples, counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(raw, syn_k=None))
     assert len(examples) == counts["mentions_kept"] == 787 and all(e.target == "" for e in examples)
     for e, (d, m) in zip(examples, mentions):
         assert e.source[e.mention_span[0]:e.mention_span[1]] == " ".join(m.text.split())
@@ -354,6 +404,22 @@ def test_ncbi_dev_mentions_match_the_text(medic, medic_tfidf):
         lo, hi = window(sentence_spans(d.text, (len(d.title),)), m.start, m.end)
         t = d.text
         assert e.source == " ".join(f"{t[lo:m.start]} START {m.text} END {t[m.end:hi]}".split())
+    # As written, 410 prefixes are not in the normalized form of the names the trie holds.
+    assert sum(normalize_name(e.prefix) != e.prefix for e in examples) == 410
+    examples, counts = mention_examples(docs, kb, medic_tfidf, MentionExampleConfig(syn_k=None))
+    assert len(examples) == 787 and all(normalize_name(e.prefix) == e.prefix for e in examples)
+    assert counts["abbreviations_expanded"] == sum(bool(e.meta.get("expanded")) for e in examples) == 174
+    for e, (d, m) in zip(examples, mentions):
+        mention = e.prefix[: -len(" is")]
+        assert e.source[e.mention_span[0]:e.mention_span[1]] == mention
+        left, right = e.source[:e.mention_span[0]], e.source[e.mention_span[1]:]
+        assert left.endswith("START ") and right.startswith(" END")
+        left, right = left.removesuffix("START "), right.removeprefix(" END")
+        assert left == left.lower() and right == right.lower()
+        # Every dev document is within GenBioEL's 384-word window: the context is all of it.
+        assert (d.text[:m.start].lower().split(), d.text[m.end:].lower().split()) == (left.split(), right.split())
+        if not e.meta.get("expanded"):
+            assert mention == normalize_name(m.text) or not normalize_name(m.text)
     assert counts["gold_missing_from_kb"] == 0  # MEDIC is NCBI-disease's own KB
 
 
@@ -366,15 +432,12 @@ def test_syn_k_targets_are_the_most_similar_gold_names(medic, medic_tfidf):
     for e in examples:
         by_mention.setdefault(e.group, []).append(e)
     assert len(by_mention) == counts["mentions_kept"] > 100
-    from angel_dist.kb.normalize import normalize_name
-
     for rows in by_mention.values():
         gold_names = list(dict.fromkeys(n for g in rows[0].cuis for n in (kb.names(g) or ())))
         assert len(rows) == min(3, len(gold_names))
         assert [e.meta["syn_rank"] for e in rows] == list(range(len(rows)))
-        q = tfidf.transform([normalize_name(rows[0].meta["mention"])]).toarray()[0]
-        c = tfidf.transform(gold_names).toarray()
-        sims = c @ q / np.maximum(np.linalg.norm(c, axis=1) * max(np.linalg.norm(q), 1e-12), 1e-12)
+        q = tfidf.transform([rows[0].prefix[: -len(" is")]])  # L2-normalized rows
+        sims = (tfidf.transform(gold_names) @ q.T).toarray().ravel()
         chosen = [sims[gold_names.index(e.target)] for e in rows]
         assert chosen == sorted(chosen, reverse=True)
         assert min(chosen) >= np.sort(sims)[::-1][len(rows) - 1] - 1e-9

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from angel_dist.cli import main
+from angel_dist.corpus.mention_examples import MentionInputConfig
 from angel_dist.pipeline import load_recipe
 from angel_dist.pipeline.holdout import hold_out
 from angel_dist.pipeline.state import RunState
@@ -54,6 +55,8 @@ def test_unknown_recipe_keys_are_errors_naming_the_key(tmp_path, capsys):
     ("kb.holdout=1.5", r"kb.holdout: expected a number in \[0, 1\), got 1.5"),
     ("kb.format=xml", "kb.format: expected one of 'umls', 'obo', 'medic', 'target-kb', got 'xml'"),
     ("corpus.mention_scheme=closest", "corpus.mention_scheme: expected one of 'random', 'most_sim'"),
+    ("benchmark.context=paragraph", "benchmark.context: expected one of 'sentence', 'document'"),
+    ("benchmark.lowercase=maybe", "benchmark.lowercase: expected"),
     ("finetune_rounds.train.schedule=cosine", "finetune_rounds.train.schedule: expected one of"),
     ("pretrain_rounds.train.dpo_loss=kto", "pretrain_rounds.train.dpo_loss: expected one of 'sigmoid'"),
     ("pretrain_rounds.fraction=0", r"pretrain_rounds.fraction: expected a number in \(0, 1\]"),
@@ -76,6 +79,9 @@ def test_shipped_recipes_load_and_overrides_apply():
         load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml", inputs=False)
     r = load_recipe(ROOT / "launchers" / "recipes" / "demo-hpo.yaml", ["pretrain.lr=0.01", "kb.limit=10"])
     assert r.pretrain["lr"] == 0.01 and r.pretrain["batch_size"] == 32 and r.kb.limit == 10
+    assert r.benchmark.inputs() == MentionInputConfig()  # GenBioEL's inputs unless a recipe says otherwise
+    r = load_recipe(None, ["benchmark.context=sentence", "benchmark.abbreviations=false"])
+    assert r.benchmark.inputs() == MentionInputConfig("sentence", abbreviations=False)
     with pytest.raises(ValueError, match="kb.source: /data/umls/META: no such directory"):
         load_recipe(ROOT / "launchers" / "recipes" / "umls-pretrain.yaml")
 

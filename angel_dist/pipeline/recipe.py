@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 from angel_dist.corpus.kb_examples import MentionScheme
+from angel_dist.corpus.mention_examples import Context, MentionInputConfig
 from angel_dist.kb.build import KbFormat, resolve_source
 from angel_dist.mine import MineConfig
 from angel_dist.tokenizer import MIN_VOCAB_SIZE
@@ -71,9 +72,17 @@ class BenchmarkRecipe:
     entity_type: str = ""  # e.g. Disease for BC5CDR
     syn_k: PositiveInt = 3
     shards: PositiveInt = 4
+    # How a mention becomes model input (GenBioEL's by default; corpus/mention_examples.py).
+    context: Context = "document"  # or "sentence"
+    lowercase: bool = True  # the context
+    normalize_mention: bool = True  # as KB names
+    abbreviations: bool = True  # Schwartz-Hearst long forms of abbreviated mentions
 
     def __post_init__(self):
         check_fields(self)
+
+    def inputs(self) -> MentionInputConfig:
+        return MentionInputConfig(self.context, self.lowercase, self.normalize_mention, self.abbreviations)
 
 
 @dataclass

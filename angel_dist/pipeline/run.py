@@ -165,7 +165,7 @@ class Pipeline:
         for split, pubtator in splits.items():
             if not pubtator:
                 continue
-            config = MentionExampleConfig(entity_type=b.entity_type or None,
+            config = MentionExampleConfig(inputs=b.inputs(), entity_type=b.entity_type or None,
                                           syn_k=b.syn_k if split == "train" else None)
             build_mention_corpus(pubtator, kb["kb"], tok, shards / split, config, shards=b.shards,
                                  max_source_tokens=c.max_source_tokens, progress=self.progress)
