@@ -330,6 +330,9 @@ def _add_search_common(p) -> None:
     p.add_argument("--actors", type=int, default=1, help="Ray actors, each with the model loaded once")
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
+    p.add_argument("--stop", choices=("exact", "heuristic", "fairseq"), default="exact",
+                   help="the search's stopping rule: exact (every beam's best possible end is ruled out), heuristic "
+                        "(HF generate's), fairseq (GenBioEL's and ANGEL's decode)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--placement", choices=("PACK", "SPREAD"), default="PACK",
@@ -397,7 +400,8 @@ def _mine(args) -> None:
                                beams=args.beams, dpo_topk=args.dpo_topk, gold_fallback=args.gold_fallback,
                                round=args.round, fraction=args.fraction, seed=args.seed, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               placement=args.placement, overwrite=args.overwrite, progress=not args.quiet))
+                               placement=args.placement, stop=args.stop, overwrite=args.overwrite,
+                               progress=not args.quiet))
     stats = manifest["stats"]
     print(f"wrote {args.out}: {manifest['total']} pairs from {stats.get('inputs', 0)} inputs "
           f"({stats.get('inputs_with_pairs', 0)} with pairs, {stats.get('top1_correct', 0)} correct at beam 1, "
@@ -412,7 +416,7 @@ def _evaluate(args) -> None:
     summary = evaluate(EvalConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, beams=args.beams,
                                   k=k, actors=args.actors, batch_size=args.batch_size,
                                   cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                                  placement=args.placement, progress=not args.quiet))
+                                  placement=args.placement, stop=args.stop, progress=not args.quiet))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, k))
     if args.out:
         print(f"predictions: {args.out}")

@@ -57,6 +57,7 @@ def test_unknown_recipe_keys_are_errors_naming_the_key(tmp_path, capsys):
     ("corpus.mention_scheme=closest", "corpus.mention_scheme: expected one of 'random', 'most_sim'"),
     ("benchmark.context=paragraph", "benchmark.context: expected one of 'sentence', 'document'"),
     ("benchmark.lowercase=maybe", "benchmark.lowercase: expected"),
+    ("mine.stop=never", "mine.stop: expected one of 'exact', 'heuristic', 'fairseq', got 'never'"),
     ("finetune_rounds.train.schedule=cosine", "finetune_rounds.train.schedule: expected one of"),
     ("pretrain_rounds.train.dpo_loss=kto", "pretrain_rounds.train.dpo_loss: expected one of 'sigmoid'"),
     ("pretrain_rounds.fraction=0", r"pretrain_rounds.fraction: expected a number in \(0, 1\]"),

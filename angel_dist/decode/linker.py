@@ -21,7 +21,7 @@ from angel_dist.corpus.encode import MAX_SOURCE_TOKENS, Encoded, encode_examples
 from angel_dist.corpus.example import unmark
 from angel_dist.corpus.mention_examples import MentionInputConfig, mention_inputs
 from angel_dist.corpus.pubtator import Document, Mention
-from angel_dist.decode.beam import BeamSearch, SearchStats
+from angel_dist.decode.beam import BeamSearch, SearchStats, Stop
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
 from angel_dist.trie import Trie
@@ -97,7 +97,7 @@ def pick_device(device: str | None = None) -> torch.device:
 class Linker:
     def __init__(self, model_dir: str | Path, trie_dir: str | Path, beams: int = 10, batch_size: int = 32,
                  device: str | None = None, tokenizer: str | Path | None = None, inputs: dict | None = None,
-                 max_source_tokens: int = MAX_SOURCE_TOKENS):
+                 max_source_tokens: int = MAX_SOURCE_TOKENS, stop: Stop = "exact"):
         """`inputs`: a bundle's recorded input settings (MentionInputConfig's fields; GenBioEL's
         defaults when None)."""
         self.tokenizer = load_tokenizer(tokenizer or model_dir)
@@ -113,7 +113,7 @@ class Linker:
         table = self.trie.names()
         self._names, self._cuis = table["name"], table["cuis"]
         self.beams = beams
-        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size)
+        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size, stop=stop)
         self.inputs = MentionInputConfig.from_record(inputs) if inputs is not None else MentionInputConfig()
         self.max_source_tokens = max_source_tokens
 

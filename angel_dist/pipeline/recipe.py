@@ -21,6 +21,7 @@ from typing import Annotated
 
 from angel_dist.corpus.kb_examples import MentionScheme
 from angel_dist.corpus.mention_examples import Context, MentionInputConfig
+from angel_dist.decode.beam import Stop
 from angel_dist.kb.build import KbFormat, resolve_source
 from angel_dist.mine import MineConfig
 from angel_dist.tokenizer import MIN_VOCAB_SIZE
@@ -107,6 +108,7 @@ class MineRecipe:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
+    stop: Stop = "exact"  # the search's stopping rule for mining and evaluation ("fairseq": GenBioEL's and ANGEL's)
 
     def __post_init__(self):
         check_fields(self)

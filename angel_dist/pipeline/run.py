@@ -94,7 +94,8 @@ class Pipeline:
         manifest = mine(MineConfig(model=model, trie=trie, data=data, out=str(pairs), actors=m.actors, beams=m.beams,
                                    dpo_topk=m.dpo_topk, gold_fallback=m.gold_fallback, round=i, seed=self.recipe.seed,
                                    batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor,
-                                   gpus_per_actor=m.gpus_per_actor, placement=m.placement, progress=self.progress,
+                                   gpus_per_actor=m.gpus_per_actor, placement=m.placement, stop=m.stop,
+                                   progress=self.progress,
                                    **sample),
                         on_shard=self._fault_hook(name))
         out = {"pairs": str(pairs), "n_pairs": manifest["total"], "mining": manifest["stats"]}
@@ -199,7 +200,7 @@ class Pipeline:
         m, k = self.recipe.mine, self.recipe.evaluate.k
         cfg = EvalConfig(model=model, trie=trie, data="", beams=max(m.beams, k), k=k, actors=m.actors,
                          batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor, gpus_per_actor=m.gpus_per_actor,
-                         placement=m.placement, progress=self.progress)
+                         placement=m.placement, stop=m.stop, progress=self.progress)
         return {split: {key: v for key, v in summary.items() if key != "model"}
                 for split, summary in evaluate_sets(cfg, evals).items()}
 
