@@ -88,7 +88,7 @@ def _corpus_mentions(args) -> None:
 
     inputs = MentionInputConfig(context=args.context, lowercase=args.lowercase,
                                 normalize_mention=args.normalize_mention, abbreviations=args.abbreviations)
-    config = MentionExampleConfig(inputs=inputs, entity_type=args.entity_type,
+    config = MentionExampleConfig(inputs=inputs, entity_type=args.entity_type, composites=args.composites,
                                   syn_k=None if args.eval_only else args.syn_k)
     manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
                                     max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
@@ -199,6 +199,9 @@ def parser() -> argparse.ArgumentParser:
                     help="lowercase the context (GenBioEL)")
     cm.add_argument("--normalize-mention", action=argparse.BooleanOptionalAction, default=True,
                     help="write the mention normalized like KB names, in the prefix and the input (GenBioEL)")
+    cm.add_argument("--composites", choices=("keep", "drop", "split"), default="keep",
+                    help="composite mentions: keep; drop from training sets (GenBioEL's NCBI-disease); split by "
+                         "the 7th column (GenBioEL's BC5CDR)")
     cm.add_argument("--abbreviations", action=argparse.BooleanOptionalAction, default=True,
                     help="write abbreviated mentions with the long forms their document defines (Schwartz-Hearst)")
     cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error",

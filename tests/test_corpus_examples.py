@@ -11,6 +11,7 @@ from angel_dist.corpus.encode import encode_examples
 from angel_dist.corpus.example import Example
 from angel_dist.corpus.kb_examples import TEMPLATES, KbExampleConfig, concept_examples, kb_examples
 from angel_dist.corpus.abbreviations import expand
+from angel_dist.corpus.composites import split_composite
 from angel_dist.corpus.mention_examples import (KbIndex, MentionExampleConfig, MentionInputConfig, mention_examples,
                                                mention_inputs)
 from angel_dist.corpus.pubtator import Document, Mention, read_pubtator
@@ -386,6 +387,60 @@ def test_document_context_is_genbioels_384_word_window(at, left, right):
     assert after.split() == [f"w{i}" for i in range(at, at + right)]
     short = Document("2", "A short title.", "An abstract.", [Mention(2, 7, "short", "", "", 0)])
     assert mention_inputs(short, short.mentions)[0].source == "a START short END title. an abstract."
+
+
+def test_composites_split_as_genbioel_splits_bc5cdr():
+    def m(start, text, ids, parts):
+        return Mention(start, start + len(text), text, "Disease", ids, 3, parts)
+
+    def spans(found):
+        return [(x.start, x.end, x.text, x.ids) for x in found]
+
+    assert spans(split_composite(m(0, "Hemorrhagic cystitis", "D006470|D003556", "Hemorrhagic|cystitis"))) == \
+        [(0, 11, "Hemorrhagic", "D006470"), (12, 20, "cystitis", "D003556")]
+    assert spans(split_composite(m(149, "sagittal and left transverse sinus thrombosis", "D020225|D020227",
+                                   "sagittal sinus thrombosis|left transverse sinus thrombosis"))) == \
+        [(149, 157, "sagittal", "D020225"), (162, 194, "left transverse sinus thrombosis", "D020227")]
+    assert spans(split_composite(m(5, "breast or ovarian cancer", "D1|D2", "breast cancer|ovarian cancer"))) == \
+        [(5, 11, "breast", "D1"), (15, 29, "ovarian cancer", "D2")]
+    plain = m(0, "cystitis", "D003556", "")
+    assert split_composite(plain) == [plain] and split_composite(m(0, "a b", "D1", "a|b")) == [m(0, "a b", "D1", "a|b")]
+    assert split_composite(m(0, "x, y and z cancers", "D1|D2|D3", "x cancer|y cancer|z cancer")) is None
+
+
+def test_composites_are_dropped_from_training_and_kept_for_evaluation(tmp_path):
+    path = _pubtator(tmp_path, "1|t|Breast or ovarian cancer and cystitis.\n"
+                               "1\t0\t24\tBreast or ovarian cancer\tDisease\tD1|D2\tBreast cancer|ovarian cancer\n"
+                               "1\t29\t37\tcystitis\tDisease\tD3\n\n")
+    table = _table({"D1": ["breast cancer"], "D2": ["ovarian cancer"], "D3": ["cystitis"]})
+    kb, tfidf = KbIndex(table), _tfidf(table)
+    for composites, syn_k, keys, count in [("drop", 3, ["m-1-0001-s0"], ("composites_dropped", 1)),
+                                           ("drop", None, ["m-1-0000", "m-1-0001"], ("composites_dropped", 0)),
+                                           ("keep", 3, ["m-1-0000-s0", "m-1-0000-s1", "m-1-0001-s0"], None),
+                                           ("split", None, ["m-1-0000-0", "m-1-0000-1", "m-1-0001"],
+                                            ("composites_split", 1))]:
+        examples, counts = mention_examples(read_pubtator(path), kb, tfidf,
+                                            MentionExampleConfig(syn_k=syn_k, composites=composites))
+        assert [e.key for e in examples] == keys
+        assert count is None or counts[count[0]] == count[1]
+    assert [(e.prefix, e.cuis) for e in examples[:2]] == [("breast is", ["D1"]), ("ovarian cancer is", ["D2"])]
+
+
+@needs_data
+def test_composites_of_ncbi_training_and_bc5cdr_dev():
+    table = _table({"X": ["x"]})  # no gold in this KB: only the mentions are looked at
+    kb, tfidf = KbIndex(table), _tfidf(table)
+    _, counts = mention_examples(read_pubtator(DATA / "ncbi" / "NCBItrainset_corpus.txt"), kb, tfidf,
+                                 MentionExampleConfig(syn_k=3, composites="drop"))
+    assert counts["composites_dropped"] == 115
+    docs = {d.pmid: d for d in read_pubtator(DATA / "bc5cdr" / "CDR_DevelopmentSet.PubTator.txt")}
+    examples, counts = mention_examples(docs.values(), kb, tfidf,
+                                        MentionExampleConfig(syn_k=None, composites="split", entity_type="Disease"))
+    assert counts["composites_split"] == 70 and counts["composites_dropped"] == 17
+    parts = [e for e in examples if e.key.count("-") == 3]
+    assert len(parts) >= 140 and all(len(e.cuis) == 1 for e in parts)
+    for e in parts:
+        assert docs[e.meta["document"]].text[e.meta["start"]:e.meta["end"]] == e.meta["mention"]
 
 
 @needs_data

@@ -76,7 +76,7 @@ def test_recipe_values_are_checked_before_anything_runs(override, message, tmp_p
 
 
 def test_shipped_recipes_load_and_overrides_apply():
-    for name in ("demo-hpo", "ncbi-medic", "umls-pretrain"):  # their inputs are on other machines
+    for name in ("demo-hpo", "ncbi-medic", "bc5cdr-medic", "umls-pretrain"):  # their inputs are on other machines
         load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml", inputs=False)
     r = load_recipe(ROOT / "launchers" / "recipes" / "demo-hpo.yaml", ["pretrain.lr=0.01", "kb.limit=10"])
     assert r.pretrain["lr"] == 0.01 and r.pretrain["batch_size"] == 32 and r.kb.limit == 10

@@ -11,8 +11,9 @@ DOCUMENT_WINDOW_WORDS words (GenBioEL's window), or, with `context: sentence`, i
 Training sets use SYN-k: each mention yields up to k rows whose targets are the k names of
 its gold concepts most similar to the mention (character TF-IDF). Evaluation sets
 (`syn_k=None`) yield one row per mention with an empty target. Mentions are counted when
-dropped: BC5CDR's unlinked `-1`, another entity type than asked for, and, for training,
-gold concepts all missing from the KB (evaluation keeps those: they count as misses).
+dropped: BC5CDR's unlinked `-1`, another entity type than asked for, composites dropped or not
+split (`composites`), and, for training, gold concepts all missing from the KB (evaluation keeps
+those: they count as misses).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from angel_dist.corpus.abbreviations import document_abbreviations, expand
+from angel_dist.corpus.composites import COMPOSITES, Composites, split_composite
 from angel_dist.corpus.example import Example, mark
 from angel_dist.corpus.pubtator import Document, Mention
 from angel_dist.corpus.sentences import sentence_spans, window
@@ -73,10 +75,15 @@ class MentionExampleConfig:
     inputs: MentionInputConfig = field(default_factory=MentionInputConfig)
     entity_type: str | None = None  # keep only mentions of this type (BC5CDR: Disease, Chemical)
     syn_k: int | None = 3  # None: evaluation-only examples without targets
+    # Composite mentions: "drop" from training sets (NCBI-disease in GenBioEL; evaluation sets
+    # keep them), "split" in every set by BC5CDR's 7th column (angel_dist/corpus/composites.py).
+    composites: Composites = "keep"
 
     def __post_init__(self):
         if self.syn_k is not None and self.syn_k < 1:
             raise ValueError(f"syn_k must be >= 1, got {self.syn_k}")
+        if self.composites not in COMPOSITES:
+            raise ValueError(f"composites must be one of {COMPOSITES}, got {self.composites!r}")
 
 
 class KbIndex:
@@ -157,26 +164,36 @@ def mention_examples(documents: Iterable[Document], kb: KbIndex, tfidf: CharTfid
     rows: list[tuple[Example, list[str]]] = []  # example without target, its candidate names
     for doc in documents:
         counts["documents"] += 1
-        kept = []  # (index in the document, mention, gold ids)
+        kept = []  # (index in the document and of the split part, mention, gold ids)
         for i, m in enumerate(doc.mentions):
             counts["mentions_read"] += 1
             if config.entity_type and m.type != config.entity_type:
                 counts["other_entity_type"] += 1
                 continue
-            gold = gold_concepts(m.ids)
-            if not gold:
-                counts["unlinked_dropped"] += 1
+            parts = split_composite(m) if config.composites == "split" else [m]
+            if parts is None:
+                counts["composites_dropped"] += 1
                 continue
-            kept.append((i, m, gold))
-        for (i, m, gold), example in zip(kept, mention_inputs(doc, [m for _, m, _ in kept], config.inputs)):
+            if len(parts) > 1:
+                counts["composites_split"] += 1
+            for j, part in enumerate(parts):
+                gold = gold_concepts(part.ids)
+                if not gold:
+                    counts["unlinked_dropped"] += 1
+                elif config.composites == "drop" and config.syn_k is not None and len(gold) > 1:
+                    counts["composites_dropped"] += 1
+                else:
+                    kept.append(((i, j if len(parts) > 1 else None), part, gold))
+        for ((i, j), m, gold), example in zip(kept, mention_inputs(doc, [m for _, m, _ in kept], config.inputs)):
             candidates = list(dict.fromkeys(n for g in gold for n in (kb.names(g) or ())))
             if not candidates:
                 counts["gold_missing_from_kb"] += 1
             if example.meta.get("expanded"):
                 counts["abbreviations_expanded"] += 1
-            example = replace(example, key=f"m-{key_part(doc.pmid)}-{i:04d}", group=f"{doc.pmid}/{i}", cuis=gold,
-                              meta={**example.meta, "document": doc.pmid, "start": m.start, "end": m.end,
-                                    "type": m.type, "mention": m.text, "line": m.line})
+            part = "" if j is None else f"-{j}"
+            example = replace(example, key=f"m-{key_part(doc.pmid)}-{i:04d}{part}", group=f"{doc.pmid}/{i}{part}",
+                              cuis=gold, meta={**example.meta, "document": doc.pmid, "start": m.start,
+                                               "end": m.end, "type": m.type, "mention": m.text, "line": m.line})
             rows.append((example, candidates))
     if config.syn_k is None:
         counts["examples"] = len(rows)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 from angel_dist.corpus.kb_examples import MentionScheme
+from angel_dist.corpus.composites import Composites
 from angel_dist.corpus.mention_examples import Context, MentionInputConfig
 from angel_dist.decode.beam import Stop
 from angel_dist.kb.build import KbFormat, resolve_source
@@ -78,6 +79,7 @@ class BenchmarkRecipe:
     lowercase: bool = True  # the context
     normalize_mention: bool = True  # as KB names
     abbreviations: bool = True  # Schwartz-Hearst long forms of abbreviated mentions
+    composites: Composites = "keep"  # "drop" from training (NCBI), "split" by column 7 (BC5CDR)
 
     def __post_init__(self):
         check_fields(self)

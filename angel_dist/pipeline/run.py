@@ -167,7 +167,7 @@ class Pipeline:
             if not pubtator:
                 continue
             config = MentionExampleConfig(inputs=b.inputs(), entity_type=b.entity_type or None,
-                                          syn_k=b.syn_k if split == "train" else None)
+                                          syn_k=b.syn_k if split == "train" else None, composites=b.composites)
             build_mention_corpus(pubtator, kb["kb"], tok, shards / split, config, shards=b.shards,
                                  max_source_tokens=c.max_source_tokens, progress=self.progress)
             out[split] = str(shards / split)
