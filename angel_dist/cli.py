@@ -184,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--seed", type=int, default=0)
     cp.set_defaults(run=_corpus_pretrain)
     cm = corpus.add_parser("mentions", help="a benchmark split (PubTator) as example shards")
-    cm.add_argument("--pubtator", required=True)
+    cm.add_argument("--pubtator", required=True, nargs="+",
+                    help="the split's PubTator file(s); several are read one after the other (train + dev)")
     cm.add_argument("--kb", required=True)
     _add_corpus_common(cm)
     cm.add_argument("--shards", type=int, default=4)

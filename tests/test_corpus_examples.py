@@ -17,6 +17,7 @@ from angel_dist.corpus.mention_examples import (KbIndex, MentionExampleConfig, M
 from angel_dist.corpus.pubtator import Document, Mention, read_pubtator
 from angel_dist.corpus.sentences import sentence_spans, window
 from angel_dist.corpus.similarity import CharTfidf
+from angel_dist.corpus.train_names import add_names, mention_names
 from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.gold import canonical_id, split_gold
 from angel_dist.kb.build import embedded_source
@@ -441,6 +442,25 @@ def test_composites_of_ncbi_training_and_bc5cdr_dev():
     assert len(parts) >= 140 and all(len(e.cuis) == 1 for e in parts)
     for e in parts:
         assert docs[e.meta["document"]].text[e.meta["start"]:e.meta["end"]] == e.meta["mention"]
+
+
+def test_training_mentions_become_synonyms_of_their_gold_concept(tmp_path):
+    path = _pubtator(tmp_path, "1|t|Fish-eye disease (FED) and Breast or ovarian cancer.\n1|a|FED again; NSCLC.\n"
+                               "1\t18\t21\tFED\tDisease\tD1\n"
+                               "1\t27\t51\tBreast or ovarian cancer\tDisease\tD2|D3\tBreast cancer|ovarian cancer\n"
+                               "1\t53\t56\tFED\tDisease\tOMIM:77\n"
+                               "1\t64\t69\tNSCLC\tDisease\tD9\n\n")
+    table = _table({"D1": ["fish eye disease", "fed"], "D2": ["breast cancer"], "D3": ["ovarian cancer"],
+                    "D4": ["lcat deficiency"]})
+    table = table.append_column("alt_ids", pa.array([[], [], [], ["OMIM:77"]], pa.list_(pa.string())))
+    pairs = mention_names(read_pubtator(path), MentionInputConfig(abbreviations=False))
+    assert pairs == [("D1", "fed"), ("OMIM:77", "fed"), ("D9", "nsclc")]  # the composite adds nothing
+    extended, counts = add_names(table, pairs)
+    assert extended["names"].to_pylist() == [["fish eye disease", "fed"], ["breast cancer"], ["ovarian cancer"],
+                                             ["lcat deficiency", "fed"]]
+    assert counts == {"train_names_added": 1, "train_mentions_missing_from_kb": 1}
+    pairs = mention_names(read_pubtator(path), MentionInputConfig(), composites="split")
+    assert pairs[:3] == [("D1", "fish eye disease"), ("D2", "breast"), ("D3", "ovarian cancer")]
 
 
 @needs_data

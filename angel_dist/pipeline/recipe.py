@@ -42,6 +42,9 @@ class KbRecipe:
     limit: NonNegativeInt = 0  # keep the first N concepts (0: all), for small runs
     holdout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # share of (concept, synonym) pairs held out as dev/test
     drop_suppressed: bool = False
+    # The training split's mention strings as synonyms of their gold concepts (GenBioEL's and
+    # ANGEL's benchmark protocol; never dev or test mentions): needs benchmark.train.
+    add_train_mentions: bool = False
 
     def __post_init__(self):
         check_fields(self)
@@ -80,6 +83,9 @@ class BenchmarkRecipe:
     normalize_mention: bool = True  # as KB names
     abbreviations: bool = True  # Schwartz-Hearst long forms of abbreviated mentions
     composites: Composites = "keep"  # "drop" from training (NCBI), "split" by column 7 (BC5CDR)
+    # Train on train + dev (the papers' protocol for test numbers); dev then cannot choose the
+    # rounds' model: every round runs and the last one's model is kept. Needs train and dev.
+    train_includes_dev: bool = False
 
     def __post_init__(self):
         check_fields(self)
@@ -153,6 +159,10 @@ class Recipe:
 
     def __post_init__(self):
         check_fields(self)
+        if self.benchmark.train_includes_dev and not (self.benchmark.train and self.benchmark.dev):
+            raise ConfigError("benchmark.train_includes_dev", "needs benchmark.train and benchmark.dev")
+        if self.kb.add_train_mentions and not self.benchmark.train:
+            raise ConfigError("kb.add_train_mentions", "needs benchmark.train (the split whose mentions it adds)")
         _train_config("nll", self._placement(), {})  # the placement's bounds are TrainConfig's
         for where, objective in _TRAIN_SECTIONS.items():
             section, _, key = where.rpartition(".")
