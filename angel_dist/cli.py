@@ -84,9 +84,11 @@ def _corpus_pretrain(args) -> None:
 
 def _corpus_mentions(args) -> None:
     from angel_dist.corpus.build import build_mention_corpus
-    from angel_dist.corpus.mention_examples import MentionExampleConfig
+    from angel_dist.corpus.mention_examples import MentionExampleConfig, MentionInputConfig
 
-    config = MentionExampleConfig(context=args.context, entity_type=args.entity_type,
+    inputs = MentionInputConfig(context=args.context, lowercase=args.lowercase,
+                                normalize_mention=args.normalize_mention, abbreviations=args.abbreviations)
+    config = MentionExampleConfig(inputs=inputs, entity_type=args.entity_type, composites=args.composites,
                                   syn_k=None if args.eval_only else args.syn_k)
     manifest = build_mention_corpus(args.pubtator, args.kb, args.tokenizer, args.out, config, shards=args.shards,
                                     max_source_tokens=args.max_source_tokens, on_bad_input=args.on_bad_input,
@@ -178,11 +180,12 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("kb")
     _add_corpus_common(cp)
     cp.add_argument("--shards", type=int, help="number of shards (default: one per 100k names, at least 8)")
-    cp.add_argument("--mention-scheme", choices=("random", "most_sim"), default="most_sim")
+    cp.add_argument("--mention-scheme", choices=("random", "most_sim"), default="random")
     cp.add_argument("--seed", type=int, default=0)
     cp.set_defaults(run=_corpus_pretrain)
     cm = corpus.add_parser("mentions", help="a benchmark split (PubTator) as example shards")
-    cm.add_argument("--pubtator", required=True)
+    cm.add_argument("--pubtator", required=True, nargs="+",
+                    help="the split's PubTator file(s); several are read one after the other (train + dev)")
     cm.add_argument("--kb", required=True)
     _add_corpus_common(cm)
     cm.add_argument("--shards", type=int, default=4)
@@ -190,7 +193,18 @@ def parser() -> argparse.ArgumentParser:
     target = cm.add_mutually_exclusive_group()
     target.add_argument("--syn-k", type=int, default=3, help="training rows per mention: its k most similar gold names")
     target.add_argument("--eval-only", action="store_true", help="one row per mention, no target")
-    cm.add_argument("--context", choices=("sentence", "document"), default="sentence")
+    cm.add_argument("--context", choices=("sentence", "document"), default="document",
+                    help="the document (title + abstract, a 384-word window: GenBioEL's) or the sentence around "
+                         "the mention")
+    cm.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
+                    help="lowercase the context (GenBioEL)")
+    cm.add_argument("--normalize-mention", action=argparse.BooleanOptionalAction, default=True,
+                    help="write the mention normalized like KB names, in the prefix and the input (GenBioEL)")
+    cm.add_argument("--composites", choices=("keep", "drop", "split"), default="keep",
+                    help="composite mentions: keep; drop from training sets (GenBioEL's NCBI-disease); split by "
+                         "the 7th column (GenBioEL's BC5CDR)")
+    cm.add_argument("--abbreviations", action=argparse.BooleanOptionalAction, default=True,
+                    help="write abbreviated mentions with the long forms their document defines (Schwartz-Hearst)")
     cm.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
                     help="stop at the first malformed line (default) or skip, count and report")
     cm.add_argument("--allow-empty", action="store_true",
@@ -320,6 +334,9 @@ def _add_search_common(p) -> None:
     p.add_argument("--actors", type=int, default=1, help="Ray actors, each with the model loaded once")
     p.add_argument("--beams", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32, help="inputs per search batch")
+    p.add_argument("--stop", choices=("exact", "heuristic", "fairseq"), default="exact",
+                   help="the search's stopping rule: exact (every beam's best possible end is ruled out), heuristic "
+                        "(HF generate's), fairseq (GenBioEL's and ANGEL's decode)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--placement", choices=("PACK", "SPREAD"), default="PACK",
@@ -387,7 +404,8 @@ def _mine(args) -> None:
                                beams=args.beams, dpo_topk=args.dpo_topk, gold_fallback=args.gold_fallback,
                                round=args.round, fraction=args.fraction, seed=args.seed, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               placement=args.placement, overwrite=args.overwrite, progress=not args.quiet))
+                               placement=args.placement, stop=args.stop, overwrite=args.overwrite,
+                               progress=not args.quiet))
     stats = manifest["stats"]
     print(f"wrote {args.out}: {manifest['total']} pairs from {stats.get('inputs', 0)} inputs "
           f"({stats.get('inputs_with_pairs', 0)} with pairs, {stats.get('top1_correct', 0)} correct at beam 1, "
@@ -402,7 +420,7 @@ def _evaluate(args) -> None:
     summary = evaluate(EvalConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, beams=args.beams,
                                   k=k, actors=args.actors, batch_size=args.batch_size,
                                   cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                                  placement=args.placement, progress=not args.quiet))
+                                  placement=args.placement, stop=args.stop, progress=not args.quiet))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, k))
     if args.out:
         print(f"predictions: {args.out}")

@@ -64,12 +64,10 @@ def _fit(model, tok, sources, prefixes, targets, steps=150):
     return model.eval()
 
 
-def _brute_force(tok, trie, model, source, prefix):
-    """Every KB name scored teacher-forced by the log-prob function: (name, logp / tokens), best first."""
-    names = trie.names()["name"].to_pylist()
+def _logp(tok, model, source, prefix, continuations: list[list[int]]) -> torch.Tensor:
+    """The log-prob of each token sequence after the forced prefix, teacher-forced by the log-prob function."""
     start = family_of(model).batch_ids(model, tok)["decoder_start_id"]
-    rows = [[start, *prefix, *tok(" " + n, add_special_tokens=False)["input_ids"], tok.eos_token_id]
-            for n in names]
+    rows = [[start, *prefix, *c] for c in continuations]
     length = max(map(len, rows))
     dec = torch.full((len(rows), length), tok.pad_token_id)
     dmask = torch.zeros(len(rows), length, dtype=torch.bool)
@@ -80,38 +78,37 @@ def _brute_force(tok, trie, model, source, prefix):
         tmask[i, 1 + len(prefix):len(r)] = True
     src = torch.tensor(source)[None].repeat(len(rows), 1)
     with torch.no_grad():
-        s = score(model, torch.ones_like(src, dtype=torch.bool), dec, dmask, tmask, source_ids=src)
-    norm = (s.logp / s.tokens).tolist()
+        return score(model, torch.ones_like(src, dtype=torch.bool), dec, dmask, tmask, source_ids=src).logp
+
+
+def _name_ids(tok, names):
+    return [tok(" " + n, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for n in names]
+
+
+def _brute_force(tok, trie, model, source, prefix):
+    """Every KB name scored teacher-forced by the log-prob function: (name, logp / tokens), best first."""
+    names = trie.names()["name"].to_pylist()
+    ids = _name_ids(tok, names)
+    logp = _logp(tok, model, source, prefix, ids)
+    norm = [lp / len(i) for lp, i in zip(logp.tolist(), ids)]
     return sorted(zip(names, norm), key=lambda x: -x[1])
 
 
-def test_heights_are_the_longest_remaining_name(kb_tok):
-    tok, trie = kb_tok
-    heights = trie.heights()
+def _fairseq(tok, trie, model, source, prefix, k):
+    """fairseq's beam search over the KB names, step by step: the k best candidates by cumulative
+    log-prob; those ending in eos finish (until k have), the k best others go on; finished names
+    ranked by log-prob / tokens. Returns (name, score), best first."""
     names = trie.names()["name"].to_pylist()
-    seqs = [tok(" " + n, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for n in names]
-    assert int(heights[0]) == max(map(len, seqs))
-    for seq in seqs:
-        for depth in range(len(seq) + 1):
-            node = trie.state(seq[:depth])
-            longest = max(len(s) - depth for s in seqs if s[:depth] == seq[:depth])
-            assert int(heights[node]) == longest
-
-
-def test_heights_come_memory_mapped_from_the_build_and_are_computed_for_older_tries(kb_tok, tmp_path):
-    import shutil
-
-    _, trie = kb_tok
-    stored = np.load(trie.directory / "heights.npy", mmap_mode="r")
-    assert isinstance(stored, np.memmap)  # what Trie.heights maps: processes of a node share it
-    assert trie.heights().numpy().tolist() == stored.tolist()
-    older = tmp_path / "trie"
-    shutil.copytree(trie.directory, older)
-    (older / "heights.npy").unlink()
-    assert Trie.load(older).heights().numpy().tolist() == stored.tolist()
-    np.save(older / "heights.npy", stored[:-1])
-    with pytest.raises(ValueError, match="heights for"):
-        Trie.load(older).heights()
+    ids = _name_ids(tok, names)
+    beams, finished = [()], []
+    while beams and len(finished) < k:
+        cands = sorted({tuple(i[:len(b) + 1]) for b in beams for i in ids if tuple(i[:len(b)]) == b})
+        logp = _logp(tok, model, source, prefix, [list(c) for c in cands]).tolist()
+        ranked = sorted(zip(cands, logp), key=lambda x: -x[1])
+        ends = [c for c in ranked[:k] if c[0][-1] == tok.eos_token_id]
+        finished += ends[:k - len(finished)]
+        beams = [c for c, _ in ranked if c[-1] != tok.eos_token_id][:k]
+    return sorted(((names[ids.index(list(c))], lp / len(c)) for c, lp in finished), key=lambda x: -x[1])
 
 
 def test_beams_at_least_names_rank_like_brute_force(small):
@@ -144,6 +141,20 @@ def test_batched_equals_one_at_a_time_and_outputs_are_kb_names(small):
         assert [h.score for h in r] == sorted((h.score for h in r), reverse=True)
         expected = dict(_brute_force(tok, trie, model, source, prefix))
         np.testing.assert_allclose([h.score for h in r], [expected[names[h.name_id]] for h in r], atol=1e-5)
+
+
+def test_fairseq_stop_is_fairseqs_beam_search(small):
+    tok, trie, model, sources, prefixes = small
+    beams = 3
+    found = BeamSearch(model, trie, beams=beams, batch_size=8, stop="fairseq").search(sources, prefixes)
+    names = trie.names()["name"].to_pylist()
+    differs = 0
+    for source, prefix, hyps in zip(sources, prefixes, found):
+        expected = _fairseq(tok, trie, model, source, prefix, beams)
+        assert [names[h.name_id] for h in hyps] == [n for n, _ in expected]
+        np.testing.assert_allclose([h.score for h in hyps], [s for _, s in expected], atol=1e-5)
+        differs += [n for n, _ in expected] != [n for n, _ in _brute_force(tok, trie, model, source, prefix)[:beams]]
+    assert differs  # not the exact top names: the rule is not the exact search's
 
 
 def test_stopping_rules_on_a_real_kb(tmp_path):

@@ -88,7 +88,10 @@ def test_pipeline_export_stage_and_angel_export_write_the_same_bundle(setup, tmp
     files = {f["path"]: f for f in manifest["files"]}
     assert {"model.safetensors", "config.json", "tokenizer.json", "trie/names.parquet", "trie/offsets.npy",
             "trie/heights.npy", "README.md"} <= set(files)
-    assert manifest["inputs"] == {"context": "sentence", "max_source_tokens": 700}
+    assert manifest["inputs"] == {"context": "document", "lowercase": True, "normalize_mention": True,
+                                  "abbreviations": True, "max_source_tokens": 700}
+    assert "the document around the mention (lowercased); the mention abbreviations expanded" in \
+        (bundle / "README.md").read_text()
     assert manifest["origin"]["stage"] == "pretrain" and manifest["accuracy"]["angel"]["dev"]["acc@2"] == 0.25
     card = (bundle / "README.md").read_text()
     assert "# fixture-run" in card and "| angel | 12.50 | 25.00 |" in card and manifest["kb_fingerprint"] in card

@@ -213,6 +213,23 @@ def test_cli_evaluate_prints_the_table_of_the_summary(setup, predictions, capsys
     assert "acc@6" not in printed
 
 
+def test_evaluate_stop_fairseq_searches_with_fairseqs_rule(setup, tmp_path):
+    from angel_dist.cli import main
+    from angel_dist.decode import Linker
+
+    out = tmp_path / "fairseq.jsonl"
+    assert main(["evaluate", "--model", str(setup / "model"), "--trie", str(setup / "trie"), "--data",
+                 str(setup / "examples"), "--beams", "4", "--stop", "fairseq", "--out", str(out), "--quiet"]) == 0
+    records = {r["key"]: r["result"] for r in map(json.loads, out.read_text().splitlines())}
+    shards, _ = open_shard_sets(setup / "examples")
+    # Evaluation searches each distinct input once (one key of rows sharing their input).
+    samples = [s for shard in shards for s in iter_shard(shard) if s["__key__"] in records][:40]
+    assert len(samples) == 40
+    linker = Linker(setup / "model", setup / "trie", beams=4, stop="fairseq")
+    found = linker.predict([s["source_ids"] for s in samples], [s["prefix_ids"] for s in samples])
+    assert [records[s["__key__"]] for s in samples] == [[p.name for p in preds] for preds in found]
+
+
 def test_tfidf_baseline_links_each_mention_to_its_nearest_names():
     from angel_dist.evaluate.tfidf_baseline import tfidf_records
 

@@ -15,11 +15,12 @@ import pytest
 import yaml
 
 from angel_dist.cli import main
+from angel_dist.corpus.mention_examples import MentionInputConfig
 from angel_dist.pipeline import load_recipe
 from angel_dist.pipeline.holdout import hold_out
 from angel_dist.pipeline.state import RunState
 from angel_dist.shards.writer import read_manifest
-from conftest import free_port
+from conftest import DATA, free_port, needs_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,12 @@ def test_unknown_recipe_keys_are_errors_naming_the_key(tmp_path, capsys):
     ("kb.holdout=1.5", r"kb.holdout: expected a number in \[0, 1\), got 1.5"),
     ("kb.format=xml", "kb.format: expected one of 'umls', 'obo', 'medic', 'target-kb', got 'xml'"),
     ("corpus.mention_scheme=closest", "corpus.mention_scheme: expected one of 'random', 'most_sim'"),
+    ("benchmark.context=paragraph", "benchmark.context: expected one of 'sentence', 'document'"),
+    ("benchmark.lowercase=maybe", "benchmark.lowercase: expected"),
+    ("mine.stop=never", "mine.stop: expected one of 'exact', 'heuristic', 'fairseq', got 'never'"),
+    ("benchmark.composites=merge", "benchmark.composites: expected one of 'keep', 'drop', 'split'"),
+    ("benchmark.train_includes_dev=true", "benchmark.train_includes_dev: needs benchmark.train and benchmark.dev"),
+    ("kb.add_train_mentions=true", "kb.add_train_mentions: needs benchmark.train"),
     ("finetune_rounds.train.schedule=cosine", "finetune_rounds.train.schedule: expected one of"),
     ("pretrain_rounds.train.dpo_loss=kto", "pretrain_rounds.train.dpo_loss: expected one of 'sigmoid'"),
     ("pretrain_rounds.fraction=0", r"pretrain_rounds.fraction: expected a number in \(0, 1\]"),
@@ -72,10 +79,13 @@ def test_recipe_values_are_checked_before_anything_runs(override, message, tmp_p
 
 
 def test_shipped_recipes_load_and_overrides_apply():
-    for name in ("demo-hpo", "ncbi-medic", "umls-pretrain"):  # their inputs are on other machines
+    for name in ("demo-hpo", "ncbi-medic", "bc5cdr-medic", "umls-pretrain"):  # their inputs are on other machines
         load_recipe(ROOT / "launchers" / "recipes" / f"{name}.yaml", inputs=False)
     r = load_recipe(ROOT / "launchers" / "recipes" / "demo-hpo.yaml", ["pretrain.lr=0.01", "kb.limit=10"])
     assert r.pretrain["lr"] == 0.01 and r.pretrain["batch_size"] == 32 and r.kb.limit == 10
+    assert r.benchmark.inputs() == MentionInputConfig()  # GenBioEL's inputs unless a recipe says otherwise
+    r = load_recipe(None, ["benchmark.context=sentence", "benchmark.abbreviations=false"])
+    assert r.benchmark.inputs() == MentionInputConfig("sentence", abbreviations=False)
     with pytest.raises(ValueError, match="kb.source: /data/umls/META: no such directory"):
         load_recipe(ROOT / "launchers" / "recipes" / "umls-pretrain.yaml")
 
@@ -93,6 +103,49 @@ def test_recipes_take_presets_of_both_families_and_demo_model_is_that_override(m
     monkeypatch.setattr(cli, "_run", lambda args: seen.update(vars(args)))
     assert main(["demo", "--model", "tiny-causal", "pretrain.lr=0.01", "--run-dir", "runs/x"]) == 0
     assert seen["overrides"] == ["pretrain.lr=0.01", "model=tiny-causal"] and seen["recipe"].endswith("demo-hpo.yaml")
+
+
+@needs_data
+def test_kb_stage_adds_the_training_mentions_and_only_those(tmp_path):
+    from angel_dist.corpus.pubtator import read_pubtator
+    from angel_dist.kb.normalize import normalize_name
+    from angel_dist.kb.table import read_kb
+    from angel_dist.pipeline.run import Pipeline
+
+    recipe = load_recipe(None, ["kb.format=medic", f"kb.source={DATA}/kb/medic_06Jul2012.txt",
+                                f"benchmark.train={DATA}/ncbi/NCBItrainset_corpus.txt",
+                                f"benchmark.dev={DATA}/ncbi/NCBIdevelopset_corpus.txt", "kb.add_train_mentions=true",
+                                "benchmark.abbreviations=false"])
+    out = Pipeline(recipe, tmp_path / "run", progress=False).build_kb()
+    source, kb = read_kb(tmp_path / "run" / "kb" / "source.parquet"), read_kb(out["kb"])
+    added = [n for old, new in zip(source["names"].to_pylist(), kb["names"].to_pylist()) for n in new[len(old):]]
+    assert len(added) == out["train_mentions"]["train_names_added"] > 500
+
+    def strings(split):
+        return {normalize_name(m.text) for d in read_pubtator(DATA / "ncbi" / split) for m in d.mentions}
+
+    train = strings("NCBItrainset_corpus.txt")
+    assert set(added) <= train and not set(added) & (strings("NCBIdevelopset_corpus.txt") - train)
+
+
+@pytest.mark.parametrize("includes_dev, kept, ran", [(False, "m2", 5), (True, "m10", 10)])
+def test_finetuning_rounds_keep_the_best_on_dev_or_the_last_when_dev_is_trained_on(tmp_path, monkeypatch,
+                                                                                   includes_dev, kept, ran):
+    from angel_dist.pipeline.run import Pipeline
+
+    acc = [0.0, 0.5, 0.6, 0.4, 0.55, 0.3, 0.9, 0.2, 0.1, 0.1, 0.1]  # dev acc@1 after round i
+    seen = []
+
+    def fake_round(self, name, phase, i, cfg, model, data, trie, evals):
+        seen.append(i)
+        return {"model": f"m{i}", "dev_acc1": acc[i]}
+
+    monkeypatch.setattr(Pipeline, "round", fake_round)
+    recipe = load_recipe(None, ["benchmark.train=t.txt", "benchmark.dev=d.txt",
+                                f"benchmark.train_includes_dev={str(includes_dev).lower()}"], inputs=False)
+    pipeline = Pipeline(recipe, tmp_path / "run", progress=False)
+    best = pipeline.rounds("finetune", recipe.finetune_rounds, {"model": "m0"}, "data", "trie", {})
+    assert best["model"] == kept and seen == list(range(1, ran + 1))
 
 
 def test_a_run_directory_refuses_another_recipe(tmp_path):

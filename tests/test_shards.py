@@ -509,12 +509,17 @@ def test_mention_corpus_cli_train_and_eval(kb_tok, ray_local, tmp_path, capsys):
     lines += ["99|t|Unlinked thing.", "99\t0\t8\tUnlinked\tDisease\t-1", ""]
     pubtator = tmp_path / "docs.txt"
     pubtator.write_text("\n".join(lines) + "\n")
-    common = ["corpus", "mentions", "--pubtator", str(pubtator), "--kb", str(kb), "--tokenizer", tok, "--quiet"]
-    assert main(common + ["--out", str(tmp_path / "eval"), "--eval-only"]) == 0
-    assert main(common + ["--out", str(tmp_path / "train"), "--syn-k", "2"]) == 0
+    # The training set from the same documents in two files (train + dev trained on together).
+    (tmp_path / "a.txt").write_text("\n".join(lines[:80]) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(lines[80:]) + "\n")
+    common = ["corpus", "mentions", "--kb", str(kb), "--tokenizer", tok, "--quiet"]
+    assert main(common + ["--pubtator", str(pubtator), "--out", str(tmp_path / "eval"), "--eval-only"]) == 0
+    assert main(common + ["--pubtator", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--out",
+                          str(tmp_path / "train"), "--syn-k", "2"]) == 0
     evaluation, train = read_manifest(tmp_path / "eval"), read_manifest(tmp_path / "train")
     assert evaluation["total"] == 40 and evaluation["counts"]["unlinked_dropped"] == 1
     assert train["total"] == sum(min(2, len(r["names"])) for r in rows)
+    assert train["config"]["pubtator"] == ["a.txt", "b.txt"] and train["counts"]["documents"] == 41
     batches = list(ShardLoader(tmp_path / "eval", ReaderConfig(batch_size=8, shuffle=False)))
     assert sum(len(b["keys"]) for b in batches) == 40 and all(t == "" for b in batches for t in b["targets"])
     assert not any(b["target_mask"].any() for b in batches)

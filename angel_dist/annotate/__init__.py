@@ -84,7 +84,7 @@ def annotate(cfg: AnnotateConfig) -> dict:
     policy.report()
     mentions = sum(len(d.mentions) for d in documents)
     n_shards = cfg.shards or max(1, math.ceil(mentions / MENTIONS_PER_SHARD))
-    inputs = {key: files[key] for key in ("context", "max_source_tokens") if key in files}  # a bundle's
+    inputs = {key: files[key] for key in ("inputs", "max_source_tokens") if key in files}  # a bundle's
     settings = {"input_sha256": file_sha256(cfg.input), "format": cfg.format, "shards": n_shards, "k": cfg.k,
                 "beams": cfg.beams, "model_fingerprint": model_fingerprint(files["model_dir"]),
                 "trie_kb": trie.meta.get("kb_fingerprint"), "on_bad_input": cfg.on_bad_input, **inputs}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import yaml
 
 from angel_dist.bundle.layout import BundleContents
+from angel_dist.corpus.mention_examples import describe_inputs
 
 
 def model_card(contents: BundleContents, manifest: dict, files: list[dict]) -> str:
@@ -29,8 +30,7 @@ def model_card(contents: BundleContents, manifest: dict, files: list[dict]) -> s
         *[f"- {line}" for line in contents.data],
         f"- fingerprints: KB `{manifest['kb_fingerprint']}`, tokenizer `{manifest['tokenizer_fingerprint']}`, "
         f"model `{manifest['model_fingerprint']}`",
-        f"- inputs: the {contents.inputs['context']} around the mention, at most "
-        f"{contents.inputs['max_source_tokens']} tokens", "",
+        f"- inputs: {describe_inputs(contents.inputs)}, at most {contents.inputs['max_source_tokens']} tokens", "",
         "## Accuracy", "",
         accuracy_table(contents.accuracy, contents.k) if contents.accuracy else
         "Not measured for this bundle: `angel evaluate --model DIR --trie DIR/trie --data SHARDS` measures it.", "",

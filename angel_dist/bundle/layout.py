@@ -59,7 +59,7 @@ class BundleContents:
     made_from: str  # the same in a sentence, for the card
     recipe: dict  # the pipeline recipe or the training config
     data: list[str]  # one line per data source, for the card
-    inputs: dict  # how a (text, span) becomes model input: {"context", "max_source_tokens"}
+    inputs: dict  # how a (text, span) becomes model input: MentionInputConfig's fields and "max_source_tokens"
     accuracy: dict | None = None  # {model: {split: {"mentions", "acc@1", ...}}} when measured
     k: int = 5  # the accuracy table's acc@k
     command: str = ""  # the command that made the bundle

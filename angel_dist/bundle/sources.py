@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from angel_dist.bundle.layout import BundleContents
@@ -17,11 +18,15 @@ def command_line() -> str:
     return shlex.join(["angel" if prog in ("angel", "cli.py") else sys.argv[0], *sys.argv[1:]])
 
 
-def _default_inputs(max_source_tokens: int | None = None) -> dict:
+def _inputs(record: dict | None = None, max_source_tokens: int | None = None) -> dict:
+    """A bundle's `inputs`: how a (text, span) becomes model input, from the settings `record`
+    of its mention corpora (a recipe's benchmark section, a shard set's config); the defaults
+    without one."""
     from angel_dist.corpus.encode import MAX_SOURCE_TOKENS
-    from angel_dist.corpus.mention_examples import MentionExampleConfig
+    from angel_dist.corpus.mention_examples import MentionInputConfig
 
-    return {"context": MentionExampleConfig().context, "max_source_tokens": max_source_tokens or MAX_SOURCE_TOKENS}
+    config = MentionInputConfig.from_record(record) if record is not None else MentionInputConfig()
+    return {**asdict(config), "max_source_tokens": max_source_tokens or MAX_SOURCE_TOKENS}
 
 
 def pipeline_contents(run_dir: str | Path, model: str | None = None, command: str = "") -> BundleContents:
@@ -50,7 +55,7 @@ def pipeline_contents(run_dir: str | Path, model: str | None = None, command: st
     return BundleContents(model_dir=Path(model), trie_dir=Path(stages["trie"]["trie"]), name=recipe["name"],
                           origin={"kind": "pipeline", "run": str(run), "stage": stage, "model": model},
                           made_from=f"The model of stage `{stage}` of pipeline run `{run}`",
-                          recipe=recipe, data=data, inputs=_default_inputs(recipe["corpus"]["max_source_tokens"]),
+                          recipe=recipe, data=data, inputs=_inputs(k, recipe["corpus"]["max_source_tokens"]),
                           accuracy=stages.get("final-eval"), k=recipe["evaluate"]["k"], command=command)
 
 
@@ -76,10 +81,10 @@ def training_contents(run_dir: str | Path, trie: str | Path | None, tag: str | N
         settings = manifest.get("config", {})
         data.append(f"`{shards}`: {manifest['total']} {manifest['kind']} ({settings.get('kind', 'pairs')}), "
                     f"KB fingerprint `{manifest.get('kb_fingerprint')}`")
-        if inputs is None and "context" in settings:  # a benchmark mention set: how its inputs were made
-            inputs = {"context": settings["context"], "max_source_tokens": settings["max_source_tokens"]}
+        if inputs is None and settings.get("kind") == "mention":  # a benchmark mention set: how its inputs were made
+            inputs = _inputs(settings.get("inputs", settings), settings["max_source_tokens"])
     checkpoint = read_json(model / "angel_export.json", "an exported model's record")["checkpoint"]
     return BundleContents(model_dir=model, trie_dir=Path(trie), name=run.name,
                           origin={"kind": "training", "run": str(run), "checkpoint": checkpoint},
                           made_from=f"Checkpoint `{checkpoint}` of training run `{run}`", recipe=config,
-                          data=data, inputs=inputs or _default_inputs(), command=command)
+                          data=data, inputs=inputs or _inputs(), command=command)

@@ -69,7 +69,7 @@ def _partition(groups: list[str], n_shards: int) -> dict[int, np.ndarray]:
 
 @dataclass(frozen=True)
 class PretrainCorpusConfig:
-    mention_scheme: MentionScheme = "most_sim"
+    mention_scheme: MentionScheme = "random"  # GenBioEL's; ANGEL's release uses most_sim
     seed: int = 0
     max_source_tokens: int = MAX_SOURCE_TOKENS
     shards: int | None = None  # default: one per NAMES_PER_SHARD names, at least 8
@@ -116,34 +116,45 @@ def build_pretrain_corpus(kb_path: str | Path, tokenizer_dir: str, out: str | Pa
     return manifest
 
 
+def _sources(paths: list) -> dict:
+    """The PubTator files in a shard set's config (one file as before several could be given)."""
+    names, digests = [Path(p).name for p in paths], [file_sha256(p) for p in paths]
+    if len(paths) == 1:
+        return {"pubtator": names[0], "pubtator_sha256": digests[0]}
+    return {"pubtator": names, "pubtator_sha256": digests}
+
+
 def _mention_shard_task(index: int, out: str, config_hash: str, tokenizer_dir: str, max_source_tokens: int,
                         examples: list[Example]) -> dict:
     return _write_examples(out, index, config_hash, examples, load_tokenizer(tokenizer_dir), max_source_tokens)
 
 
-def build_mention_corpus(pubtator: str | Path, kb_path: str | Path, tokenizer_dir: str, out: str | Path,
+def build_mention_corpus(pubtator: str | Path | list[str | Path], kb_path: str | Path, tokenizer_dir: str, out: str | Path,
                          config: MentionExampleConfig = MentionExampleConfig(), shards: int = 4,
                          max_source_tokens: int = MAX_SOURCE_TOKENS, on_bad_input: str = "error",
                          workers: int | None = None, overwrite: bool = False, progress: bool = True,
                          allow_empty: bool = False) -> dict:
-    """Write the examples of a benchmark split as a shard set; returns the manifest. A split that
+    """Write the examples of a benchmark split (one PubTator file, or several read one after the
+    other: train and dev trained on together) as a shard set; returns the manifest. A split that
     yields no example is bad input unless `allow_empty`."""
+    paths = [pubtator] if isinstance(pubtator, (str, Path)) else list(pubtator)
     kb_meta = read_kb_meta(kb_path)
     table = read_kb(kb_path, ["cui", "names", "alt_ids"])
     tokenizer = load_tokenizer(tokenizer_dir)
     policy = BadInputPolicy(on_bad_input)
     tfidf = CharTfidf.fit(pa.compute.list_flatten(table["names"]))
     read_counts = Counter()
-    examples, counts = mention_examples(read_pubtator(pubtator, policy, read_counts), KbIndex(table), tfidf, config)
+    documents = (doc for path in paths for doc in read_pubtator(path, policy, read_counts))
+    examples, counts = mention_examples(documents, KbIndex(table), tfidf, config)
     counts.update(read_counts)
     counts["bad_input_skipped"] = policy.total_skipped
     policy.report()
     if not examples and not allow_empty:
         read = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "no documents"
-        raise BadInputError(str(pubtator), None, f"no examples ({read}); expected at least one "
+        raise BadInputError(", ".join(map(str, paths)), None, f"no examples ({read}); expected at least one "
                                                  f"(--allow-empty writes an empty shard set)")
     settings = {**asdict(config), "shards": shards, "max_source_tokens": max_source_tokens, "kind": "mention",
-                "pubtator": Path(pubtator).name, "pubtator_sha256": file_sha256(pubtator)}
+                **_sources(paths)}
     plan = ShardSetPlan(Path(out), "examples", shards, settings,
                         {"tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
                          "kb_fingerprint": kb_meta["fingerprint"]})

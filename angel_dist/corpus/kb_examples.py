@@ -1,16 +1,21 @@
 """GenBioEL's KB-guided pretraining examples: one per (concept, synonym).
 
-The target is the synonym; the mention is another synonym of the same concept (`random`, or
-`most_sim` by character TF-IDF), itself when the concept has only one. The input wraps the
-mention in START/END and puts it beside the concept's definitions or other synonyms with one
-of these templates (chosen at random, like the form):
+The target is the synonym; the mention is another synonym of the same concept (`random`, as
+GenBioEL's released data, or `most_sim` by character TF-IDF), itself when the concept has only
+one. The pool is the concept's synonyms without the target: the mention comes from it and so
+does the context, so the target is never written in its own input (a concept with one name is
+the exception: its only name is mention, context and target). The input wraps the mention in
+START/END and puts it beside the concept's definitions or synonyms with one of these templates
+(chosen at random, like the form):
 
-  definitions      prefix form  START m END {is defined as | is described as} <1-2 defs>
-                   suffix form  <1-2 defs> {are the definitions of | describe} START m END
+  definitions      prefix form  START m END {is defined as | is described as} <defs>
+                   suffix form  <defs> {are the definitions of | describe} START m END
+                   (defs: two of the concept's definitions, lowercased, " "-joined; one if it has one)
   >= 2 synonyms    prefix form  START m END {has synonyms, such as | refers to the same concept as} <ctx>
                    suffix form  <ctx> {are the synonyms of | indicate the same concept as} START m END
-                   (ctx: up to 3 of the concept's synonyms other than the mention, ", "-joined)
+                   (ctx: up to 3 of the pool, ", "-joined; the mention may be among them)
   one synonym      prefix form  START m END {is | is the same as} m
+                   suffix form  m {is | is the same as} START m END
 
 Every choice is drawn from a stream seeded by (seed, concept id), so an example does not
 depend on which shard or worker builds it.
@@ -36,6 +41,7 @@ TEMPLATES = {
     ("synonyms", "prefix"): ("has synonyms, such as", "refers to the same concept as"),
     ("synonyms", "suffix"): ("are the synonyms of", "indicate the same concept as"),
     ("self", "prefix"): ("is", "is the same as"),
+    ("self", "suffix"): ("is", "is the same as"),
 }
 MAX_DEFINITIONS = 2
 MAX_CONTEXT_SYNONYMS = 3
@@ -43,7 +49,7 @@ MAX_CONTEXT_SYNONYMS = 3
 
 @dataclass(frozen=True)
 class KbExampleConfig:
-    mention_scheme: MentionScheme = "most_sim"
+    mention_scheme: MentionScheme = "random"
     seed: int = 0
 
     def __post_init__(self):
@@ -64,23 +70,23 @@ def _choice(rng, options):
 
 def concept_examples(cui: str, names: list[str], definitions: list[str], mentions: list[int],
                      seed: int) -> Iterator[Example]:
-    """The examples of one concept; `mentions[j]` is the index of synonym j's mention."""
+    """The examples of one concept; `mentions[j]` is the index of synonym j's mention (another
+    synonym than j when the concept has two or more)."""
     rng = rng_for(seed, "kb", cui)
-    defs = list(dict.fromkeys(d.strip() for d in definitions if d and d.strip()))
+    # GenBioEL lowercases definitions as it reads them (names are lowercased by normalization).
+    defs = list(dict.fromkeys(d.strip().lower() for d in definitions if d and d.strip()))
     for j, target in enumerate(names):
         mention = names[mentions[j]]
+        form = _choice(rng, ("prefix", "suffix"))
         if defs:
             family = "definition"
-            form = _choice(rng, ("prefix", "suffix"))
-            n_defs = 1 if len(defs) == 1 else 1 + int(rng.random() < 0.5)
-            context = " ".join(_sample(rng, defs, min(n_defs, MAX_DEFINITIONS)))
+            context = " ".join(_sample(rng, defs, MAX_DEFINITIONS))
         elif len(names) > 1:
             family = "synonyms"
-            form = _choice(rng, ("prefix", "suffix"))
-            others = [n for i, n in enumerate(names) if i != mentions[j]]
-            context = ", ".join(_sample(rng, others, MAX_CONTEXT_SYNONYMS))
+            pool = names[:j] + names[j + 1:]
+            context = ", ".join(_sample(rng, pool, MAX_CONTEXT_SYNONYMS))
         else:
-            family, form, context = "self", "prefix", mention
+            family, context = "self", mention
         template = _choice(rng, TEMPLATES[(family, form)])
         if form == "prefix":
             source, span = mark("", mention, f"{template} {context}")

@@ -1,21 +1,33 @@
 """Benchmark mentions -> examples: a context window with START/END, `mention is`, gold CUIs.
 
+Inputs are prepared as GenBioEL prepares NCBI-disease and BC5CDR (every step a setting of
+`MentionInputConfig`, on by default): the mention is written with the long forms of the
+abbreviations its document defines (Schwartz–Hearst; GenBioEL runs Ab3P) and normalized exactly
+like KB names (angel_dist/kb/normalize.py), both in the forced prefix and between START and END,
+so that the model copies what it can instead of learning case and punctuation; the context is
+lowercased; it is the document (title + abstract) around the mention, at most
+DOCUMENT_WINDOW_WORDS words (GenBioEL's window), or, with `context: sentence`, its sentence.
+
 Training sets use SYN-k: each mention yields up to k rows whose targets are the k names of
 its gold concepts most similar to the mention (character TF-IDF). Evaluation sets
 (`syn_k=None`) yield one row per mention with an empty target. Mentions are counted when
-dropped: BC5CDR's unlinked `-1`, another entity type than asked for, and, for training,
-gold concepts all missing from the KB (evaluation keeps those: they count as misses).
+dropped: BC5CDR's unlinked `-1`, another entity type than asked for, composites dropped or not
+split (`composites`), and, for training, gold concepts all missing from the KB (evaluation keeps
+those: they count as misses).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from angel_dist.corpus.abbreviations import document_abbreviations, expand
+from angel_dist.corpus.composites import COMPOSITES, Composites, split_composite
 from angel_dist.corpus.example import Example, mark
 from angel_dist.corpus.pubtator import Document, Mention
 from angel_dist.corpus.sentences import sentence_spans, window
@@ -25,19 +37,53 @@ from angel_dist.kb.normalize import normalize_names
 from angel_dist.keys import key_part
 
 Context = Literal["sentence", "document"]
+CONTEXTS = ("sentence", "document")
+DOCUMENT_WINDOW_WORDS = 384  # GenBioEL's create_input: the whole document up to this, else a window
+
+
+@dataclass(frozen=True)
+class MentionInputConfig:
+    """How a (document, mention span) becomes model input; a bundle records it."""
+    context: Context = "document"
+    lowercase: bool = True  # the context, as GenBioEL
+    normalize_mention: bool = True  # the mention as KB names are normalized
+    abbreviations: bool = True  # mentions written with the long forms their document defines
+
+    def __post_init__(self):
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be 'sentence' or 'document', got {self.context!r}")
+
+    @classmethod
+    def from_record(cls, record: dict) -> "MentionInputConfig":
+        """The settings a bundle, shard set or recipe recorded. Those made before the switches
+        existed made raw inputs from the sentence: missing keys read that way."""
+        return cls(context=record.get("context", "sentence"),
+                   **{f.name: bool(record.get(f.name, False)) for f in fields(cls) if f.name != "context"})
+
+
+def describe_inputs(record: dict) -> str:
+    """Recorded input settings in words (a bundle's card)."""
+    c = MentionInputConfig.from_record(record)
+    mention = [w for on, w in ((c.abbreviations, "abbreviations expanded"),
+                               (c.normalize_mention, "normalized like KB names")) if on]
+    return (f"the {c.context} around the mention{' (lowercased)' if c.lowercase else ''}; the mention "
+            + (", ".join(mention) if mention else "as written"))
 
 
 @dataclass(frozen=True)
 class MentionExampleConfig:
-    context: Context = "sentence"
+    inputs: MentionInputConfig = field(default_factory=MentionInputConfig)
     entity_type: str | None = None  # keep only mentions of this type (BC5CDR: Disease, Chemical)
     syn_k: int | None = 3  # None: evaluation-only examples without targets
+    # Composite mentions: "drop" from training sets (NCBI-disease in GenBioEL; evaluation sets
+    # keep them), "split" in every set by BC5CDR's 7th column (angel_dist/corpus/composites.py).
+    composites: Composites = "keep"
 
     def __post_init__(self):
-        if self.context not in ("sentence", "document"):
-            raise ValueError(f"context must be 'sentence' or 'document', got {self.context!r}")
         if self.syn_k is not None and self.syn_k < 1:
             raise ValueError(f"syn_k must be >= 1, got {self.syn_k}")
+        if self.composites not in COMPOSITES:
+            raise ValueError(f"composites must be one of {COMPOSITES}, got {self.composites!r}")
 
 
 class KbIndex:
@@ -57,22 +103,58 @@ class KbIndex:
         return self._names.get(cid)
 
 
-def mention_inputs(doc: Document, mentions: Sequence[Mention], context: Context = "sentence") -> list[Example]:
+def _word_window(words: np.ndarray, start: int, end: int, limit: int) -> tuple[int, int]:
+    """GenBioEL's document window over a text whose words span `words` ([n, 2] character
+    offsets): the whole text when it has at most `limit` words; else the mention with as much
+    context on each side as the other side leaves, half of `limit` each at least."""
+    n = len(words)
+    if n <= limit:
+        return 0, int(words[-1, 1]) if n else end
+    before = int(np.searchsorted(words[:, 1], start, side="right"))  # words wholly left of the mention
+    after = n - int(np.searchsorted(words[:, 0], end, side="left"))
+    half = limit // 2
+    left = min(before, limit - after if after <= half else half)
+    right = min(after, limit - before if before <= half else half)
+    lo = int(words[before - left, 0]) if left > 0 else start
+    hi = int(words[n - after + right - 1, 1]) if right > 0 else end
+    return min(lo, start), max(hi, end)
+
+
+def mention_inputs(doc: Document, mentions: Sequence[Mention],
+                   config: MentionInputConfig = MentionInputConfig()) -> list[Example]:
     """The model input of each of `mentions` (spans of `doc.text`): its context window with the
     mention marked `START ... END`, whitespace collapsed, and the forced prefix `<mention> is`.
 
     The one place a (document, span) becomes model input: benchmark corpora, `angel link`,
     `angel annotate` and `angel serve` all call it, so a model links text exactly as it was
-    trained on it. Key, group, gold ids and meta are left for the caller."""
+    trained on it. Key, group and gold ids are left for the caller; `meta["expanded"]` tells a
+    mention written with an abbreviation's long form."""
     text = doc.text
-    spans = sentence_spans(text, hard_breaks=(len(doc.title),)) if context == "sentence" else None
+    if config.context == "sentence":
+        spans = sentence_spans(text, hard_breaks=(len(doc.title),))
+    else:
+        words = np.array([m.span() for m in re.finditer(r"\S+", text)], dtype=np.int64).reshape(-1, 2)
+    abbreviations = document_abbreviations(text) if config.abbreviations else {}
+    raw = [" ".join(text[m.start:m.end].split()) for m in mentions]
+    expanded = [expand(r, abbreviations) for r in raw]
+    written = expanded
+    if config.normalize_mention:
+        normalized = normalize_names(pa.array(written, pa.string())).to_pylist()
+        # A mention of punctuation alone normalizes to nothing: it keeps its written form.
+        written = [n or w for n, w in zip(normalized, expanded)]
     out = []
-    for m in mentions:
-        lo, hi = window(spans, m.start, m.end) if spans is not None else (0, len(text))
-        mention = " ".join(text[m.start:m.end].split())
-        source, span = mark(" ".join(text[lo:m.start].split()), mention, " ".join(text[m.end:hi].split()))
+    for m, r, e, mention in zip(mentions, raw, expanded, written):
+        if config.context == "sentence":
+            lo, hi = window(spans, m.start, m.end)
+        else:
+            lo, hi = _word_window(words, m.start, m.end, DOCUMENT_WINDOW_WORDS)
+        left, right = text[lo:m.start], text[m.end:hi]
+        if config.lowercase:
+            left, right = left.lower(), right.lower()
+        source, span = mark(" ".join(left.split()), mention, " ".join(right.split()))
         out.append(Example(key="", group="", source=source, prefix=f"{mention} is", target="", cuis=[],
-                           kind="mention", mention_span=span, keep="around"))
+                           kind="mention", mention_span=span, keep="around",
+                           meta={"expanded": True} if e != r else {}))
     return out
 
 
@@ -82,24 +164,36 @@ def mention_examples(documents: Iterable[Document], kb: KbIndex, tfidf: CharTfid
     rows: list[tuple[Example, list[str]]] = []  # example without target, its candidate names
     for doc in documents:
         counts["documents"] += 1
-        kept = []  # (index in the document, mention, gold ids)
+        kept = []  # (index in the document and of the split part, mention, gold ids)
         for i, m in enumerate(doc.mentions):
             counts["mentions_read"] += 1
             if config.entity_type and m.type != config.entity_type:
                 counts["other_entity_type"] += 1
                 continue
-            gold = gold_concepts(m.ids)
-            if not gold:
-                counts["unlinked_dropped"] += 1
+            parts = split_composite(m) if config.composites == "split" else [m]
+            if parts is None:
+                counts["composites_dropped"] += 1
                 continue
-            kept.append((i, m, gold))
-        for (i, m, gold), example in zip(kept, mention_inputs(doc, [m for _, m, _ in kept], config.context)):
+            if len(parts) > 1:
+                counts["composites_split"] += 1
+            for j, part in enumerate(parts):
+                gold = gold_concepts(part.ids)
+                if not gold:
+                    counts["unlinked_dropped"] += 1
+                elif config.composites == "drop" and config.syn_k is not None and len(gold) > 1:
+                    counts["composites_dropped"] += 1
+                else:
+                    kept.append(((i, j if len(parts) > 1 else None), part, gold))
+        for ((i, j), m, gold), example in zip(kept, mention_inputs(doc, [m for _, m, _ in kept], config.inputs)):
             candidates = list(dict.fromkeys(n for g in gold for n in (kb.names(g) or ())))
             if not candidates:
                 counts["gold_missing_from_kb"] += 1
-            example = replace(example, key=f"m-{key_part(doc.pmid)}-{i:04d}", group=f"{doc.pmid}/{i}", cuis=gold,
-                              meta={"document": doc.pmid, "start": m.start, "end": m.end, "type": m.type,
-                                    "mention": m.text, "line": m.line})
+            if example.meta.get("expanded"):
+                counts["abbreviations_expanded"] += 1
+            part = "" if j is None else f"-{j}"
+            example = replace(example, key=f"m-{key_part(doc.pmid)}-{i:04d}{part}", group=f"{doc.pmid}/{i}{part}",
+                              cuis=gold, meta={**example.meta, "document": doc.pmid, "start": m.start,
+                                               "end": m.end, "type": m.type, "mention": m.text, "line": m.line})
             rows.append((example, candidates))
     if config.syn_k is None:
         counts["examples"] = len(rows)
@@ -107,7 +201,8 @@ def mention_examples(documents: Iterable[Document], kb: KbIndex, tfidf: CharTfid
         return [e for e, _ in rows], counts
     trainable = [(e, c) for e, c in rows if c]
     counts["mentions_kept"] = len(trainable)
-    queries = normalize_names(pa.array([e.meta["mention"] for e, _ in trainable], pa.string())).to_pylist()
+    # Targets are the gold names most similar to the mention as the input writes it (expanded).
+    queries = normalize_names(pa.array([e.prefix[: -len(" is")] for e, _ in trainable], pa.string())).to_pylist()
     flat = [n for _, c in trainable for n in c]
     offsets = np.concatenate([[0], np.cumsum([len(c) for _, c in trainable])]).astype(np.int64)
     ranked = top_k_per_query(tfidf.transform(queries), tfidf.transform(flat), offsets, config.syn_k) \

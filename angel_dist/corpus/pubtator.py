@@ -31,6 +31,7 @@ class Mention:
     type: str
     ids: str  # as written: "D001|D002", "-1", "UMLS:C0010674"
     line: int
+    parts: str = ""  # BC5CDR's 7th column: a composite's individual mentions, "a|b"
 
 
 @dataclass
@@ -132,7 +133,8 @@ def read_pubtator(path: str | Path, policy: BadInputPolicy | None = None,
             except ValueError:
                 policy.bad(path, lineno, f"offsets must be integers, got {fields[1]!r}, {fields[2]!r}")
                 continue
-            pending.append(Mention(start, end, fields[3], fields[4], fields[5], lineno))
+            pending.append(Mention(start, end, fields[3], fields[4], fields[5], lineno,
+                                   fields[6] if len(fields) == 7 else ""))
     if doc is not None and (done := finish()) is not None:
         yield done
 
@@ -146,5 +148,6 @@ def _digest(doc: Document, mentions: list[Mention]) -> str:
 def format_pubtator(doc: Document) -> str:
     """One document as PubTator lines (title, abstract, a line per mention), blank-line terminated."""
     lines = [f"{doc.pmid}|t|{doc.title}", f"{doc.pmid}|a|{doc.abstract}"]
-    lines += [f"{doc.pmid}\t{m.start}\t{m.end}\t{m.text}\t{m.type}\t{m.ids}" for m in doc.mentions]
+    lines += [f"{doc.pmid}\t{m.start}\t{m.end}\t{m.text}\t{m.type}\t{m.ids}" + (f"\t{m.parts}" if m.parts else "")
+              for m in doc.mentions]
     return "\n".join(lines) + "\n\n"

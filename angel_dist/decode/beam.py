@@ -8,19 +8,26 @@ trie edges out of the beams' states (a few per beam), scored `beam log-prob + lo
 K best non-eos candidates of an example become its beams, and its eos candidates compete for the
 K finished names by the score of DESIGN.md: sum of name-token log-probs (eos included) / tokens.
 
-An example stops once it holds K finished names and no beam can still beat the worst of them.
-With `stop="exact"` (the default) a beam's final score is bounded by its log-prob divided by
-its longest possible length (log-probs only fall, and the trie bounds the length), so the
-result is exactly what running every beam to its end gives; this bound is loose (a long name
-could dilute a poor start), so searches run deep. `stop="heuristic"` is HF `generate`'s
-default rule, as GenBioEL and ANGEL decode: a beam is judged as if it ended now. Stopped
-examples leave the batch, their cache rows with them, and each step's rows hold as many beams
-per example as the example with the most live ones (the trie soon leaves most with few).
+Three stopping rules (`stop`):
+- `"exact"` (the default): an example stops once it holds K finished names and no beam can
+  still beat the worst of them, a beam's final score bounded by its log-prob divided by its
+  longest possible length (log-probs only fall, and the trie bounds the length); the result is
+  exactly what running every beam to its end gives. The bound is loose (a long name could
+  dilute a poor start), so searches run deep.
+- `"heuristic"`: HF `generate`'s default early stopping: as `exact`, but a beam is judged as if
+  it ended now.
+- `"fairseq"`: fairseq's rule, the one GenBioEL and ANGEL decode with: a name finishes when its
+  eos candidate ranks among the example's K best candidates by cumulative log-prob (eos
+  candidates below them are dropped); finished names are kept in the order they finish, and the
+  example stops as soon as K have finished; they are then ranked by log-prob / length.
+Stopped examples leave the batch, their cache rows with them, and each step's rows hold as many
+beams per example as the example with the most live ones (the trie soon leaves most with few).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -60,7 +67,8 @@ def batch_inputs(sources: list[np.ndarray], prefixes: list[np.ndarray], pad: int
     return tuple(t.to(device) for t in (*pad_rows(sources, pad), *pad_rows(prefixes, pad)))
 
 
-STOPS = ("exact", "heuristic")
+Stop = Literal["exact", "heuristic", "fairseq"]
+STOPS = get_args(Stop)
 
 # Rows whose largest logit lies in this range sum exp(logits) without a shift: no term
 # overflows float32 (e^70 times any vocabulary is far below 3e38), and terms that underflow
@@ -97,11 +105,18 @@ class _Finished:
                    torch.full((n, k), -1, dtype=torch.long, device=device),
                    torch.zeros((n, k), dtype=torch.long, device=device))
 
-    def merge(self, logp: torch.Tensor, names: torch.Tensor, length: int) -> "_Finished":
-        """Add the names that ended now ([slots, beams] log-probs, -inf where a beam did not
-        end), keep the K best of each slot."""
+    def merge(self, logp: torch.Tensor, names: torch.Tensor, length: int, keep_old: bool = False) -> "_Finished":
+        """Add the names that ended now ([slots, n] log-probs, -inf where none ended), keep the
+        K best of each slot; with `keep_old` (fairseq's rule) the names finished before stay
+        and the new ones fill the free places, best first."""
         k = self.score.shape[1]
-        best, pick = torch.cat([self.score, logp / length], 1).topk(k, dim=1)
+        scores = torch.cat([self.score, logp / length], 1)
+        if keep_old:
+            rank = torch.cat([torch.where(torch.isfinite(self.score), torch.inf, -torch.inf), logp / length], 1)
+            pick = rank.topk(k, dim=1).indices
+            best = scores.gather(1, pick)
+        else:
+            best, pick = scores.topk(k, dim=1)
         old = pick < k
         keep = pick.clamp(max=k - 1)
         fresh = (pick - k).clamp(min=0)
@@ -118,7 +133,7 @@ class _Finished:
 
 
 class BeamSearch:
-    def __init__(self, model, trie: Trie, beams: int = 10, batch_size: int = 32, stop: str = "exact"):
+    def __init__(self, model, trie: Trie, beams: int = 10, batch_size: int = 32, stop: Stop = "exact"):
         if beams < 1:
             raise ValueError("beams must be >= 1")
         if stop not in STOPS:
@@ -131,7 +146,8 @@ class BeamSearch:
         if trie.device != self.device:
             trie.to(self.device)
         # "exact": a beam may still grow to its longest completion; "heuristic" (what HF generate
-        # does by default, hence GenBioEL and ANGEL): judge each beam as if it ended now.
+        # does by default): judge each beam as if it ended now; "fairseq" needs no bound.
+        self.stop = stop
         self.heights = trie.heights() if stop == "exact" else None
         # Padded source positions are masked: any id serves where a model names no pad (Llama's).
         self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else trie.eos
@@ -171,7 +187,14 @@ class BeamSearch:
             cand = torch.where(valid, logp[:, None] + picked - log_normalizer_(logits)[:, None], -torch.inf)
             ends = children >= trie.n_internal
             length += 1
-            if bool(ends.any()):
+            if self.stop == "fairseq":
+                # Only the eos candidates among the example's K best candidates finish.
+                ranked, at = cand.view(A, width * D).topk(min(K, width * D), dim=1)
+                end = ends.view(A, -1).gather(1, at) & torch.isfinite(ranked)
+                if bool(end.any()):
+                    names = children.view(A, -1).gather(1, at) - trie.n_internal
+                    fin = fin.merge(torch.where(end, ranked, -torch.inf), names, length, keep_old=True)
+            elif bool(ends.any()):
                 # A beam has at most one eos edge: its best end candidate is that edge.
                 end_logp, end_pos = torch.where(ends, cand, -torch.inf).max(1)
                 names = children.gather(1, end_pos[:, None]).squeeze(1) - trie.n_internal
@@ -195,13 +218,17 @@ class BeamSearch:
             new_states = torch.where(alive, children.view(A, -1).gather(1, pos), -1)
             new_tokens = torch.where(alive, tokens.view(A, -1).gather(1, pos), self.pad)
 
-            # Done: K names finished and no beam can reach the worst of them, or no beam left.
+            # Done: K names finished and (but for fairseq's rule) no beam can reach the worst of
+            # them, or no beam left.
             full = torch.isfinite(fin.score[:, -1])
             keep = None
             if bool(full.any()) or not bool(alive[:, 0].all()):
-                room = self.heights[new_states.clamp(min=0)] if self.heights is not None else 0
-                bound = torch.where(alive, top / (length + room), -torch.inf).max(1).values
-                done = ~alive[:, 0] | (full & (bound <= fin.score[:, -1]))
+                if self.stop == "fairseq":
+                    done = ~alive[:, 0] | full
+                else:
+                    room = self.heights[new_states.clamp(min=0)] if self.heights is not None else 0
+                    bound = torch.where(alive, top / (length + room), -torch.inf).max(1).values
+                    done = ~alive[:, 0] | (full & (bound <= fin.score[:, -1]))
                 if bool(done.any()):
                     result.put(active[done], fin.take(done))
                     if bool(done.all()):
@@ -223,5 +250,8 @@ class BeamSearch:
 
         if stats is not None:
             stats.batches.append({"examples": B, "prefix_lens": sorted({len(p) for p in prefixes}), "rows": rows_per_step})
+        # Best first (fairseq's rule keeps names in the order they finished).
+        result = result.take((torch.arange(B, device=dev)[:, None],
+                              result.score.argsort(dim=1, descending=True, stable=True)))
         columns = zip(*(x.tolist() for x in (result.name, result.score, result.logp, result.tokens)))
         return [[Hypothesis(n, sc, lp, t) for n, sc, lp, t in zip(*example) if n >= 0] for example in columns]

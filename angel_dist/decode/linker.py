@@ -2,8 +2,8 @@
 
 What mining, evaluation, `angel link`, `angel annotate` and `angel serve` share. Text with
 mention spans becomes model input through the benchmark corpora's own function
-(`corpus.mention_examples.mention_inputs`), with the context and length the model was trained
-with (a bundle records them). The trie's arrays stay memory-mapped (one copy per node in the
+(`corpus.mention_examples.mention_inputs`), with the input settings and length the model was
+trained with (a bundle records them). The trie's arrays stay memory-mapped (one copy per node in the
 page cache, however many actors open them).
 """
 
@@ -19,9 +19,9 @@ import torch
 from angel_dist.allocator import retain_freed_memory
 from angel_dist.corpus.encode import MAX_SOURCE_TOKENS, Encoded, encode_examples
 from angel_dist.corpus.example import unmark
-from angel_dist.corpus.mention_examples import Context, mention_inputs
+from angel_dist.corpus.mention_examples import MentionInputConfig, mention_inputs
 from angel_dist.corpus.pubtator import Document, Mention
-from angel_dist.decode.beam import BeamSearch, SearchStats
+from angel_dist.decode.beam import BeamSearch, SearchStats, Stop
 from angel_dist.model import load_model
 from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
 from angel_dist.trie import Trie
@@ -81,7 +81,8 @@ def linker_files(model: str | Path, trie: str | Path | None = None, verify: bool
 
     if is_bundle(model):
         inputs = read_bundle(model, verify)["inputs"]
-        return {"model_dir": str(model), "trie_dir": str(trie or Path(model) / TRIE_DIR), "context": inputs["context"],
+        return {"model_dir": str(model), "trie_dir": str(trie or Path(model) / TRIE_DIR),
+                "inputs": {k: v for k, v in inputs.items() if k != "max_source_tokens"},
                 "max_source_tokens": inputs["max_source_tokens"]}
     if trie is None:
         raise ValueError(f"{model} is not a linker bundle (no bundle.json): give the trie (--trie DIR), or make a "
@@ -95,8 +96,10 @@ def pick_device(device: str | None = None) -> torch.device:
 
 class Linker:
     def __init__(self, model_dir: str | Path, trie_dir: str | Path, beams: int = 10, batch_size: int = 32,
-                 device: str | None = None, tokenizer: str | Path | None = None, context: Context = "sentence",
-                 max_source_tokens: int = MAX_SOURCE_TOKENS):
+                 device: str | None = None, tokenizer: str | Path | None = None, inputs: dict | None = None,
+                 max_source_tokens: int = MAX_SOURCE_TOKENS, stop: Stop = "exact"):
+        """`inputs`: a bundle's recorded input settings (MentionInputConfig's fields; GenBioEL's
+        defaults when None)."""
         self.tokenizer = load_tokenizer(tokenizer or model_dir)
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
         self.device = pick_device(device)
@@ -110,8 +113,9 @@ class Linker:
         table = self.trie.names()
         self._names, self._cuis = table["name"], table["cuis"]
         self.beams = beams
-        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size)
-        self.context, self.max_source_tokens = context, max_source_tokens
+        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size, stop=stop)
+        self.inputs = MentionInputConfig.from_record(inputs) if inputs is not None else MentionInputConfig()
+        self.max_source_tokens = max_source_tokens
 
     @classmethod
     def from_bundle(cls, directory: str | Path, verify: bool = True, **options) -> "Linker":
@@ -140,7 +144,7 @@ class Linker:
 
     def encode(self, documents: Sequence[Document]) -> list[Encoded]:
         """Model inputs of every mention of each document, in order."""
-        examples = [e for doc in documents for e in mention_inputs(doc, doc.mentions, self.context)]
+        examples = [e for doc in documents for e in mention_inputs(doc, doc.mentions, self.inputs)]
         return encode_examples(examples, self.tokenizer, self.max_source_tokens)
 
     def link_documents(self, documents: Sequence[Document]) -> list[list[list[Prediction]]]:

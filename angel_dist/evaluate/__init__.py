@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from angel_dist.atomic import atomic_path
+from angel_dist.decode.beam import STOPS, Stop
 from angel_dist.evaluate.metrics import accuracy, format_table, hit_at
 from angel_dist.mine import linker_spec, search_inputs
 from angel_dist.mine.pool import run_pool
@@ -30,6 +31,7 @@ class EvalConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
+    stop: Stop = "exact"  # the search's stopping rule; "fairseq" is GenBioEL's and ANGEL's
     progress: bool = True
 
 
@@ -40,6 +42,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | None = None) -> dict[str, dict]:
     """Several example sets (e.g. dev and test) in one actor pool: {name: summary}."""
+    if cfg.stop not in STOPS:
+        raise ValueError(f"stop must be one of {STOPS}, got {cfg.stop!r}")
     if not 1 <= cfg.k <= cfg.beams:
         raise ValueError(f"need 1 <= k <= beams, got k={cfg.k}, beams={cfg.beams}")
     jobs, owner, model_dir, trie = [], [], None, None
@@ -49,7 +53,7 @@ def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | 
             jobs.append((len(jobs), shard))
             owner.append(name)
     results = run_pool("predict", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size,
-                                                    cfg.gpus_per_actor), MineSettings(), cfg.actors,
+                                                    cfg.gpus_per_actor, cfg.stop), MineSettings(), cfg.actors,
                        cfg.cpus_per_actor, cfg.gpus_per_actor, total_inputs=sum(j[1].count for j in jobs),
                        progress=cfg.progress, desc="evaluate", placement=cfg.placement)
     kb_cuis = set(pc.unique(pc.list_flatten(trie.names()["cuis"])).to_pylist()) if trie is not None else set()

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from angel_dist.atomic import atomic_path
+from angel_dist.decode.beam import Stop
 from angel_dist.mine.pool import run_pool
 from angel_dist.mine.work import FAULT_ENV, MineSettings
 from angel_dist.shards.reader import iter_shard, open_shard_sets
@@ -39,6 +40,7 @@ class MineConfig:
     chunk: NonNegativeInt = 0
     chunks: PositiveInt = 1
     batch_size: PositiveInt = 32  # inputs per beam-search batch
+    stop: Stop = "exact"  # the search's stopping rule (angel_dist/decode/beam.py); "fairseq" is GenBioEL's and ANGEL's
     cpus_per_actor: PositiveFloat = 1.0
     gpus_per_actor: NonNegativeFloat = 0.0
     placement: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: the actors on as many nodes as possible
@@ -53,9 +55,9 @@ class MineConfig:
             raise ConfigError("chunk", f"expected less than chunks ({self.chunks}), got {self.chunk}")
 
 
-def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float) -> dict:
+def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float, stop: Stop = "exact") -> dict:
     return {"model_dir": str(model_dir), "trie_dir": str(trie), "beams": beams, "batch_size": batch_size,
-            "device": "cuda" if gpus > 0 else "cpu"}
+            "device": "cuda" if gpus > 0 else "cpu", "stop": stop}
 
 
 def search_inputs(model: str, trie_dir: str, data: str):
@@ -85,13 +87,13 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
     settings = MineSettings(dpo_topk=cfg.dpo_topk, gold_fallback=cfg.gold_fallback, round=cfg.round,
                             fraction=cfg.fraction, seed=cfg.seed, chunk=cfg.chunk, chunks=cfg.chunks)
     config = {"model_fingerprint": model_fingerprint(model_dir), "data_config_hash": data["config_hash"],
-              "trie_kb": trie.meta.get("kb_fingerprint"), "beams": cfg.beams,
+              "trie_kb": trie.meta.get("kb_fingerprint"), "beams": cfg.beams, "stop": cfg.stop,
               **{k: v for k, v in asdict(settings).items() if k not in ("search_chunk", "ref_batch_size")}}
     plan = ShardSetPlan(Path(cfg.out), "pairs", len(shards), config,
                         {"tokenizer_fingerprint": fingerprint, "kb_fingerprint": data.get("kb_fingerprint")})
     pending = prepare(plan, cfg.overwrite)
     jobs = [(i, shards[i], str(plan.out), plan.config_hash) for i in pending]
-    run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor),
+    run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor, cfg.stop),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
              desc="mine", on_result=on_shard, placement=cfg.placement)

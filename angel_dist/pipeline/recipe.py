@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Annotated
 
 from angel_dist.corpus.kb_examples import MentionScheme
+from angel_dist.corpus.composites import Composites
+from angel_dist.corpus.mention_examples import Context, MentionInputConfig
+from angel_dist.decode.beam import Stop
 from angel_dist.kb.build import KbFormat, resolve_source
 from angel_dist.mine import MineConfig
 from angel_dist.tokenizer import MIN_VOCAB_SIZE
@@ -39,6 +42,9 @@ class KbRecipe:
     limit: NonNegativeInt = 0  # keep the first N concepts (0: all), for small runs
     holdout: Annotated[float, Range(ge=0, lt=1)] = 0.0  # share of (concept, synonym) pairs held out as dev/test
     drop_suppressed: bool = False
+    # The training split's mention strings as synonyms of their gold concepts (GenBioEL's and
+    # ANGEL's benchmark protocol; never dev or test mentions): needs benchmark.train.
+    add_train_mentions: bool = False
 
     def __post_init__(self):
         check_fields(self)
@@ -56,7 +62,7 @@ class TokenizerRecipe:
 @dataclass
 class CorpusRecipe:
     shards: PositiveInt = 8
-    mention_scheme: MentionScheme = "most_sim"
+    mention_scheme: MentionScheme = "random"  # GenBioEL's; ANGEL's release uses most_sim
     max_source_tokens: PositiveInt = 700
 
     def __post_init__(self):
@@ -71,9 +77,21 @@ class BenchmarkRecipe:
     entity_type: str = ""  # e.g. Disease for BC5CDR
     syn_k: PositiveInt = 3
     shards: PositiveInt = 4
+    # How a mention becomes model input (GenBioEL's by default; corpus/mention_examples.py).
+    context: Context = "document"  # or "sentence"
+    lowercase: bool = True  # the context
+    normalize_mention: bool = True  # as KB names
+    abbreviations: bool = True  # Schwartz-Hearst long forms of abbreviated mentions
+    composites: Composites = "keep"  # "drop" from training (NCBI), "split" by column 7 (BC5CDR)
+    # Train on train + dev (the papers' protocol for test numbers); dev then cannot choose the
+    # rounds' model: every round runs and the last one's model is kept. Needs train and dev.
+    train_includes_dev: bool = False
 
     def __post_init__(self):
         check_fields(self)
+
+    def inputs(self) -> MentionInputConfig:
+        return MentionInputConfig(self.context, self.lowercase, self.normalize_mention, self.abbreviations)
 
 
 @dataclass
@@ -98,6 +116,7 @@ class MineRecipe:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
+    stop: Stop = "exact"  # the search's stopping rule for mining and evaluation ("fairseq": GenBioEL's and ANGEL's)
 
     def __post_init__(self):
         check_fields(self)
@@ -140,6 +159,10 @@ class Recipe:
 
     def __post_init__(self):
         check_fields(self)
+        if self.benchmark.train_includes_dev and not (self.benchmark.train and self.benchmark.dev):
+            raise ConfigError("benchmark.train_includes_dev", "needs benchmark.train and benchmark.dev")
+        if self.kb.add_train_mentions and not self.benchmark.train:
+            raise ConfigError("kb.add_train_mentions", "needs benchmark.train (the split whose mentions it adds)")
         _train_config("nll", self._placement(), {})  # the placement's bounds are TrainConfig's
         for where, objective in _TRAIN_SECTIONS.items():
             section, _, key = where.rpartition(".")

@@ -66,7 +66,10 @@ class Pipeline:
         return table
 
     def rounds(self, phase: str, cfg: RoundsRecipe, start: dict, data: str, trie: str, evals: dict) -> dict:
-        """ANGEL rounds from model `start`; returns the best {"model", "dev_acc1"} seen."""
+        """ANGEL rounds from model `start`; returns the best {"model", "dev_acc1"} seen, or, when
+        fine-tuning trains on dev too (benchmark.train_includes_dev: dev cannot judge), the last
+        round's, every round run."""
+        last_wins = phase == "finetune" and self.recipe.benchmark.train_includes_dev
         current = start
         best = {"model": start["model"], "dev_acc1": self._dev_acc1(f"{phase}-eval")}
         n = cfg.rounds if phase == "pretrain" else min(cfg.rounds or cfg.chunks, cfg.chunks)
@@ -75,7 +78,7 @@ class Pipeline:
             name = f"{phase}-round-{i}"
             current = self.state.run(name, lambda: self.round(name, phase, i, cfg, current["model"], data, trie,
                                                               evals))
-            if best["dev_acc1"] is None or (current["dev_acc1"] or 0.0) > best["dev_acc1"]:
+            if last_wins or best["dev_acc1"] is None or (current["dev_acc1"] or 0.0) > best["dev_acc1"]:
                 best, stale = {"model": current["model"], "dev_acc1": current["dev_acc1"]}, 0
             else:
                 stale += 1
@@ -94,7 +97,8 @@ class Pipeline:
         manifest = mine(MineConfig(model=model, trie=trie, data=data, out=str(pairs), actors=m.actors, beams=m.beams,
                                    dpo_topk=m.dpo_topk, gold_fallback=m.gold_fallback, round=i, seed=self.recipe.seed,
                                    batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor,
-                                   gpus_per_actor=m.gpus_per_actor, placement=m.placement, progress=self.progress,
+                                   gpus_per_actor=m.gpus_per_actor, placement=m.placement, stop=m.stop,
+                                   progress=self.progress,
                                    **sample),
                         on_shard=self._fault_hook(name))
         out = {"pairs": str(pairs), "n_pairs": manifest["total"], "mining": manifest["stats"]}
@@ -129,7 +133,16 @@ class Pipeline:
             out.update(dev_pubtator=str(write_pubtator(dev, d / "holdout-dev.txt")),
                        test_pubtator=str(write_pubtator(test, d / "holdout-test.txt")),
                        held_out={"dev": len(dev), "test": len(test)})
-        meta = write_kb(table, out["kb"], {**meta, "pipeline": {"limit": k.limit, "holdout": k.holdout}})
+        if k.add_train_mentions:
+            from angel_dist.corpus.pubtator import read_pubtator
+            from angel_dist.corpus.train_names import add_names, mention_names
+
+            b = self.recipe.benchmark
+            table, added = add_names(table, mention_names(read_pubtator(b.train), b.inputs(), b.entity_type or None,
+                                                          b.composites))
+            out["train_mentions"] = dict(added)
+        meta = write_kb(table, out["kb"], {**meta, "pipeline": {"limit": k.limit, "holdout": k.holdout,
+                                                                "add_train_mentions": k.add_train_mentions}})
         return {**out, "fingerprint": meta["fingerprint"], "concepts": table.num_rows}
 
     def tokenizer(self, kb: str) -> dict:
@@ -165,8 +178,10 @@ class Pipeline:
         for split, pubtator in splits.items():
             if not pubtator:
                 continue
-            config = MentionExampleConfig(entity_type=b.entity_type or None,
-                                          syn_k=b.syn_k if split == "train" else None)
+            config = MentionExampleConfig(inputs=b.inputs(), entity_type=b.entity_type or None,
+                                          syn_k=b.syn_k if split == "train" else None, composites=b.composites)
+            if split == "train" and b.train_includes_dev:
+                pubtator = [b.train, b.dev]
             build_mention_corpus(pubtator, kb["kb"], tok, shards / split, config, shards=b.shards,
                                  max_source_tokens=c.max_source_tokens, progress=self.progress)
             out[split] = str(shards / split)
@@ -199,7 +214,7 @@ class Pipeline:
         m, k = self.recipe.mine, self.recipe.evaluate.k
         cfg = EvalConfig(model=model, trie=trie, data="", beams=max(m.beams, k), k=k, actors=m.actors,
                          batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor, gpus_per_actor=m.gpus_per_actor,
-                         placement=m.placement, progress=self.progress)
+                         placement=m.placement, stop=m.stop, progress=self.progress)
         return {split: {key: v for key, v in summary.items() if key != "model"}
                 for split, summary in evaluate_sets(cfg, evals).items()}
 
