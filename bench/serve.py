@@ -45,7 +45,7 @@ def prepare(work: Path, concepts: int) -> None:
     from angel_dist.bundle import BundleContents, write_bundle
     from angel_dist.kb.build import KbBuildConfig, build_kb
     from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
-    from angel_dist.model import load_model
+    from angel_dist.model import load_model, save_model
     from angel_dist.pipeline.holdout import hold_out, write_pubtator
     from angel_dist.tokenizer import load_tokenizer, train_tokenizer
     from angel_dist.trie.build import build_trie
@@ -58,8 +58,7 @@ def prepare(work: Path, concepts: int) -> None:
     tok = load_tokenizer(work / "tok")
     build_trie(work / "kb.parquet", tok, work / "trie", progress=False)
     model = load_model("tiny", tok, seed=0)
-    model.save_pretrained(work / "model")
-    tok.save_pretrained(work / "model")
+    save_model(model, tok, work / "model")
     write_bundle(BundleContents(model_dir=work / "model", trie_dir=work / "trie", name="bench-serve",
                                 origin={"kind": "bench"}, made_from="An untrained tiny model for bench/serve.py",
                                 recipe={"concepts": concepts}, data=[f"HPO, the first {concepts} terms"],

@@ -22,7 +22,7 @@ from angel_dist.kb.build import KbBuildConfig, build_kb
 from angel_dist.kb.table import read_kb, read_kb_meta, write_kb
 from angel_dist.mine.work import FAULT_ENV
 from angel_dist.serve.requests import MAX_BODY_BYTES
-from angel_dist.model import load_model
+from angel_dist.model import load_model, save_model
 from angel_dist.tokenizer import load_tokenizer, train_tokenizer
 from angel_dist.trie.build import build_trie
 from conftest import free_port
@@ -56,8 +56,7 @@ def setup(tmp_path_factory, ray_local):
     tok = load_tokenizer(d / "tok")
     build_trie(d / "kb.parquet", tok, d / "trie", progress=False)
     model = load_model("tiny", tok, seed=0)
-    model.save_pretrained(d / "model")
-    tok.save_pretrained(d / "model")
+    save_model(model, tok, d / "model")
     docs = _documents(read_kb(d / "kb.parquet"))
     (d / "docs.pubtator").write_text("".join(map(format_pubtator, docs)))
     # A pipeline run whose stages are recorded by hand; its export stage is the pipeline's own.

@@ -31,9 +31,9 @@ def model_family(spec: str | Path) -> Family:
     try:
         with read_as(spec, "a model"):
             config = AutoConfig.from_pretrained(str(spec), local_files_only=True)
+    except BadInputError:
+        raise
     except (OSError, ValueError) as e:
-        if isinstance(e, BadInputError):
-            raise
         raise ValueError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a model directory or a model in "
                          f"the local Hugging Face cache: {e}") from None
     return SEQ2SEQ if config.is_encoder_decoder else CAUSAL
