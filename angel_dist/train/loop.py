@@ -28,6 +28,10 @@ from angel_dist.train.schedule import lr_at
 FAULT_ENV = "ANGEL_FAULT_INJECT"  # "RANK:STEP": that rank dies right after that optimizer step, once per run
 KEYS_ENV = "ANGEL_TRAIN_KEYS_LOG"  # a file: every rank appends the keys of each batch it reads (tests)
 PLACEMENT_FILE = "placement.json"
+# Ray Train's controller takes one report per rank each time it polls its workers (every 2 s) and a
+# report made before the last one was taken blocks its rank until then: at one report per log line
+# the demo's pretraining spent half its time waiting. So at most one every this many seconds.
+RAY_REPORT_EVERY_S = 10.0
 # What a resumed run must share with the checkpoint it resumes from.
 _FIXED = ("objective", "data", "model", "tokenizer", "seed", "shuffle_buffer", "bucket", "dpo_loss", "beta")
 
@@ -208,6 +212,7 @@ def train_worker(loop_config: dict) -> None:
     strategy.train(cfg.objective != "dpo")
     sums: dict = {}
     micro, tokens, samples, t0, resumed = 0, 0, 0, time.perf_counter(), step
+    reported = t0
     while step < total:
         for batch in loader:
             n_tokens = batch_tokens(batch)
@@ -225,19 +230,24 @@ def train_worker(loop_config: dict) -> None:
                 continue
             step += 1
             if step % cfg.log_every == 0 or step == total:
-                # On the engine's device: NCCL reduces only GPU tensors (gloo either).
-                values = torch.tensor([float(sums[k]) / micro for k in sorted(sums)] + [tokens, samples],
+                # On the engine's device: NCCL reduces only GPU tensors (gloo either). Every rank must
+                # report to Ray Train at the same step (it is a collective): whether one is due goes
+                # into the sum too.
+                due = step == total or time.perf_counter() - reported >= RAY_REPORT_EVERY_S
+                values = torch.tensor([float(sums[k]) / micro for k in sorted(sums)] + [tokens, samples, due],
                                       dtype=torch.float64, device=strategy.device)
                 dist.all_reduce(values)
                 elapsed = time.perf_counter() - t0
                 names = sorted(sums)
                 record = {k: values[i].item() / world for i, k in enumerate(names)}
                 record.update({"lr": lr_at(step - 1, cfg.lr, cfg.schedule, cfg.warmup_steps, total, cfg.poly_power),
-                               "tokens_per_s": values[-2].item() / elapsed, "samples_per_s": values[-1].item() / elapsed,
+                               "tokens_per_s": values[-3].item() / elapsed, "samples_per_s": values[-2].item() / elapsed,
                                "epoch": loader.epoch + loader.consumed / max(loader.stream.total, 1)})
                 if log is not None:
                     log.log(step, record)
-                _report({"step": step, **record})
+                if values[-1].item() > 0:
+                    _report({"step": step, **record})
+                    reported = time.perf_counter()
                 sums, micro, tokens, samples, t0 = {}, 0, 0, 0, time.perf_counter()
             if progress is not None:
                 progress.step(step)
