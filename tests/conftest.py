@@ -10,6 +10,12 @@ settings.register_profile("ci", max_examples=200, deadline=None)
 settings.register_profile("bench", max_examples=10_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Test time only: Ray Train's controller polls its workers every 2 s and starts a watcher of node
+# preemptions (which no test uses) for every run; Ray Train forwards both to its controller, and
+# test_pipeline.py's Ray head (so its jobs) inherits them. The suite starts some 40 runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is absent")

@@ -81,14 +81,9 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def nodes():
-    with pytest.MonkeyPatch.context() as env:
-        # Test time only: Ray Train's controller polls its workers every 2 s and starts a watcher
-        # of node preemptions (which these tests do not use) for every run; Ray Train forwards both.
-        env.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        env.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        cluster = Nodes()
-        yield cluster
-        cluster.shutdown()
+    cluster = Nodes()
+    yield cluster
+    cluster.shutdown()
 
 
 def _wait_for(predicate, stop: threading.Event) -> bool:

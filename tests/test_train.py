@@ -188,12 +188,12 @@ def test_resume_on_another_world_size(data, baseline, tmp_path):
     assert (two_to_one / "checkpoints" / "step-00000020.universal").is_dir()
     meta = _meta(two_to_one, "step-00000025")
     assert meta["world_size"] == 1 and meta["reader"]["consumed"] == 20 * 16 + 5 * 8
-    one_to_two = tmp_path / "one-to-two"
-    _train(data, one_to_two, workers=1, max_steps=10)
-    metrics = _train(data, one_to_two, workers=2, max_steps=15, save_every=5, grad_accum=2)
-    meta = _meta(one_to_two, "step-00000015")
-    assert meta["world_size"] == 2 and meta["reader"]["consumed"] == 10 * 8 + 5 * 2 * 16
-    assert metrics[-1]["step"] == 15 and math.isfinite(metrics[-1]["loss"])
+    # And back to two ranks, each accumulating two micro-batches.
+    metrics = _train(data, two_to_one, workers=2, max_steps=30, save_every=5, grad_accum=2)
+    assert (two_to_one / "checkpoints" / "step-00000025.universal").is_dir()
+    meta = _meta(two_to_one, "step-00000030")
+    assert meta["world_size"] == 2 and meta["reader"]["consumed"] == 20 * 16 + 5 * 8 + 5 * 2 * 16
+    assert metrics[-1]["step"] == 30 and math.isfinite(metrics[-1]["loss"])
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-causal"])
