@@ -1,4 +1,4 @@
-"""report.md of a pipeline run: the accuracy table, the rounds, and PNG plots (matplotlib).
+"""report.md of a pipeline run: the accuracy table, the seeds' summary, the rounds, and PNG plots (matplotlib).
 
   loss.png      training loss against step, one line per training stage
   rounds.png    dev acc@1 after each round (round 0: the positive-only model)
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path
+from angel_dist.pipeline.seeds import ARMS, PAIRED
 from angel_dist.pipeline.state import read_state
 from angel_dist.train.metrics import read_metrics
 
@@ -55,11 +56,9 @@ def _mean_sd(stat: dict) -> str:
 def seeds_table(seeds: dict, k: int) -> str:
     """The `seeds` stage's summary: each arm's mean ± sd over the seeds, the paired difference
     ANGEL - matched, and each seed's rows."""
-    from angel_dist.pipeline.seeds import ARMS, PAIRED
-
     summary, per_seed = seeds["summary"], seeds["per_seed"]
-    names = {"positive-only": "positive-only", "angel": "ANGEL rounds", "matched": "positive-only + NLL (matched steps)",
-             PAIRED: "ANGEL − matched (paired)"}
+    names = {"positive-only": "positive-only", "angel": "ANGEL rounds",
+             "matched": "positive-only + NLL (matched steps)", PAIRED: "ANGEL − matched (paired)"}
     rows = {names[arm]: {split: {m: v[arm] for m, v in metrics.items()} for split, metrics in summary.items()}
             for arm in (*ARMS, PAIRED)}
     lines = [f"Mean ± sample standard deviation over seeds {', '.join(per_seed)}:", "",
