@@ -501,11 +501,14 @@ def _serve(args) -> None:
 
 def _run(args) -> None:
     from angel_dist.pipeline import load_recipe, run_pipeline
-    from angel_dist.report import accuracy_table
+    from angel_dist.pipeline.state import read_state
+    from angel_dist.report import accuracy_table, seeds_table
 
     recipe = load_recipe(args.recipe, args.overrides)
     table = run_pipeline(recipe, args.run_dir, progress=not args.quiet)
     print(accuracy_table(table, recipe.evaluate.k) if table else "no evaluation sets in this recipe")
+    if recipe.seeds and table:
+        print(seeds_table(read_state(args.run_dir)["stages"]["seeds"]["outputs"], recipe.evaluate.k))
     print(f"report: {args.run_dir}/report.md")
 
 
@@ -515,7 +518,7 @@ def _status(args) -> None:
     from angel_dist.train.progress import describe, read_progress
 
     state = read_state(args.run_dir)
-    print(f"{'stage':<22} {'status':<8} {'seconds':>9}  outputs")
+    print(f"{'stage':<26} {'status':<8} {'seconds':>9}  outputs")
     for name, record in sorted(state["stages"].items(), key=lambda kv: kv[1]["order"]):
         out = record["outputs"]
         brief = ", ".join(f"{k}={v}" for k, v in out.items() if isinstance(v, (int, float)) or k == "dev_acc1")
@@ -523,7 +526,7 @@ def _status(args) -> None:
         if progress is not None:  # a training stage (or a round's training) under way
             brief = f"training: {describe(progress)}"
         seconds = record.get("seconds")
-        print(f"{name:<22} {record['status']:<8} {'-' if seconds is None else f'{seconds:.1f}':>9}  {brief}")
+        print(f"{name:<26} {record['status']:<8} {'-' if seconds is None else f'{seconds:.1f}':>9}  {brief}")
 
 
 def _demo(args) -> None:

@@ -1,4 +1,4 @@
-"""report.md of a pipeline run: the accuracy table, the rounds, and PNG plots (matplotlib).
+"""report.md of a pipeline run: the accuracy table, the seeds' summary, the rounds, and PNG plots (matplotlib).
 
   loss.png      training loss against step, one line per training stage
   rounds.png    dev acc@1 after each round (round 0: the positive-only model)
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path
+from angel_dist.pipeline.seeds import ARMS, PAIRED
 from angel_dist.pipeline.state import read_state
 from angel_dist.train.metrics import read_metrics
 
@@ -32,15 +33,43 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
 
 
-def accuracy_table(final: dict, k: int) -> str:
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def accuracy_table(final: dict, k: int, cell=_percent) -> str:
+    """{row: {split: {"acc@1": v, f"acc@{k}": v, ...}}} as a Markdown table; `cell` writes a value."""
     splits = sorted({s for scores in final.values() for s in scores})
     head = "| model | " + " | ".join(f"{s} acc@1 | {s} acc@{k}" for s in splits) + " |"
     lines = [head, "|" + " --- |" * (1 + 2 * len(splits))]
     for name, scores in final.items():
-        cells = [f"{100 * scores[s]['acc@1']:.2f} | {100 * scores[s][f'acc@{k}']:.2f}" if s in scores else "- | -"
+        cells = [f"{cell(scores[s]['acc@1'])} | {cell(scores[s][f'acc@{k}'])}" if s in scores else "- | -"
                  for s in splits]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_sd(stat: dict) -> str:
+    return _percent(stat["mean"]) + ("" if stat["sd"] is None else f" ± {_percent(stat['sd'])}")
+
+
+def seeds_table(seeds: dict, k: int) -> str:
+    """The `seeds` stage's summary: each arm's mean ± sd over the seeds, the paired difference
+    ANGEL - matched, and each seed's rows."""
+    summary, per_seed = seeds["summary"], seeds["per_seed"]
+    names = {"positive-only": "positive-only", "angel": "ANGEL rounds",
+             "matched": "positive-only + NLL (matched steps)", PAIRED: "ANGEL − matched (paired)"}
+    rows = {names[arm]: {split: {m: v[arm] for m, v in metrics.items()} for split, metrics in summary.items()}
+            for arm in (*ARMS, PAIRED)}
+    lines = [f"Mean ± sample standard deviation over seeds {', '.join(per_seed)}:", "",
+             accuracy_table(rows, k, _mean_sd), "", "Each seed:", ""]
+    rows = {}
+    for s, scores in per_seed.items():
+        rows[f"seed {s}: {names['angel']}"] = scores["eval"]["angel"]
+        rows[f"seed {s}: {names['matched']}"] = scores["eval"]["matched"]
+        rows[f"seed {s}: {names[PAIRED]}"] = {split: {m: v[PAIRED]["per_seed"][s] for m, v in metrics.items()}
+                                              for split, metrics in summary.items()}
+    return "\n".join(lines) + "\n" + accuracy_table(rows, k)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -98,6 +127,13 @@ def write_report(run_dir: str | Path) -> Path:
     text = [f"# {recipe['name']}", "", f"Run directory `{run}`; recipe fingerprint {state['recipe_fingerprint']}.", ""]
     if final:
         text += ["## Accuracy", "", accuracy_table(final, k), ""]
+    if "seeds" in done:
+        s = done["seeds"]
+        steps = ", ".join(f"{seed}: {arms['steps']}" for seed, arms in s["per_seed"].items())
+        text += ["## Seeds", "", f"The {s['phase']} rounds and the matched NLL baseline repeated under each seed (of "
+                 f"the mining sample and of training) from the one positive-only model; the baseline takes as "
+                 f"many optimizer steps as that seed's rounds (seed: steps {steps}).", "",
+                 seeds_table(s, k), ""]
     if round_lines:
         text += ["## Rounds", "", "| round | pairs | dev acc@1 | reward margin | preference accuracy |",
                  "| --- | --- | --- | --- | --- |", *round_lines, "", "![rounds](rounds.png)", ""]

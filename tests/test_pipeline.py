@@ -136,7 +136,7 @@ def test_finetuning_rounds_keep_the_best_on_dev_or_the_last_when_dev_is_trained_
     acc = [0.0, 0.5, 0.6, 0.4, 0.55, 0.3, 0.9, 0.2, 0.1, 0.1, 0.1]  # dev acc@1 after round i
     seen = []
 
-    def fake_round(self, name, phase, i, cfg, model, data, trie, evals):
+    def fake_round(self, name, phase, i, cfg, model, data, trie, evals, seed=None):
         seen.append(i)
         return {"model": f"m{i}", "dev_acc1": acc[i]}
 
@@ -146,6 +146,101 @@ def test_finetuning_rounds_keep_the_best_on_dev_or_the_last_when_dev_is_trained_
     pipeline = Pipeline(recipe, tmp_path / "run", progress=False)
     best = pipeline.rounds("finetune", recipe.finetune_rounds, {"model": "m0"}, "data", "trie", {})
     assert best["model"] == kept and seen == list(range(1, ran + 1))
+
+
+def test_seed_summary_means_sample_sds_and_paired_differences():
+    from angel_dist.pipeline.seeds import seed_summary
+
+    positive = {"dev": {"acc@1": 0.5, "acc@5": 0.7, "mentions": 10}}
+    per_seed = {s: {"angel": {"dev": {"acc@1": a1, "acc@5": 0.8}}, "matched": {"dev": {"acc@1": m1, "acc@5": m5}}}
+                for s, a1, m1, m5 in (("0", 0.6, 0.5, 0.8), ("1", 0.7, 0.6, 0.7), ("2", 0.8, 0.4, 0.9))}
+    dev = seed_summary(positive, per_seed)["dev"]
+    assert set(dev) == {"acc@1", "acc@5"}  # acc@ metrics only
+    one, five = dev["acc@1"], dev["acc@5"]
+    # by hand: ANGEL 0.6, 0.7, 0.8; matched 0.5, 0.6, 0.4; paired 0.1, 0.1, 0.4 (sd sqrt(0.06 / 2))
+    assert one["positive-only"] == {"mean": 0.5, "sd": 0.0}
+    assert (one["angel"]["mean"], one["angel"]["sd"]) == (pytest.approx(0.7), pytest.approx(0.1))
+    assert (one["matched"]["mean"], one["matched"]["sd"]) == (pytest.approx(0.5), pytest.approx(0.1))
+    paired = one["angel - matched"]
+    assert paired["per_seed"] == pytest.approx({"0": 0.1, "1": 0.1, "2": 0.4})
+    assert (paired["mean"], paired["sd"]) == (pytest.approx(0.2), pytest.approx(0.1732050808))
+    assert five["angel"]["sd"] == 0.0 and five["matched"]["sd"] == pytest.approx(0.1)
+    assert (five["angel - matched"]["mean"], five["angel - matched"]["sd"]) == (pytest.approx(0), pytest.approx(0.1))
+    single = seed_summary(positive, {"0": per_seed["0"]})["dev"]["acc@1"]
+    assert single["angel"] == {"mean": 0.6, "sd": None}  # one seed: no spread
+
+
+def test_seeds_added_to_a_finished_run_run_only_their_stages(tmp_path, monkeypatch, capsys):
+    """Stages without training or searches: every model's scores are a function of its name."""
+    import zlib
+
+    import angel_dist.mine
+    from angel_dist.pipeline.run import Pipeline
+
+    trained, mined, scored, crash = [], [], [], {"seed-2/pretrain-round-2"}
+
+    def fake_train(self, name, objective, data, model, settings):
+        trained.append((name, settings))
+        if name in crash:
+            crash.remove(name)
+            raise RuntimeError(f"killed in {name}")
+        steps = settings.get("max_steps") or 5 + settings.get("seed", 0)  # a seed's rounds: 5 + seed steps each
+        return {"model": f"model:{name}", "steps": steps}
+
+    def fake_mine(cfg, on_shard=None):
+        mined.append((cfg.out, cfg.seed))
+        return {"total": 8, "stats": {}}
+
+    def fake_evaluate(self, model, trie, evals):
+        scored.append(model)
+        acc = zlib.crc32(model.encode()) % 1000 / 1000
+        return {split: {"acc@1": acc, "acc@5": min(1.0, acc + 0.1), "mentions": 10} for split in evals}
+
+    for name, fn in {"build_kb": lambda self: {"kb": "kb"}, "tokenizer": lambda self, kb: {"tokenizer": "tok"},
+                     "trie": lambda self, kb, tok: {"trie": "trie"},
+                     "corpora": lambda self, kb, tok: {"pretrain": "p", "dev": "d", "test": "t"},
+                     "train": fake_train, "evaluate": fake_evaluate, "export": lambda self, model: {"from": model},
+                     "tfidf_baseline": lambda self, trie, evals: fake_evaluate(self, "tfidf", trie, evals)}.items():
+        monkeypatch.setattr(Pipeline, name, fn)
+    monkeypatch.setattr(angel_dist.mine, "mine", fake_mine)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"seed": 0, "pretrain_rounds": {"rounds": 2, "patience": 3}}))
+    run = tmp_path / "run"
+    assert main(["run", str(recipe), "--run-dir", str(run), "--quiet"]) == 0  # the finished run, without seeds
+    before = dict(trained)
+    assert set(before) == {"pretrain", "pretrain-round-1", "pretrain-round-2"} and "## Seeds" not in (
+        run / "report.md").read_text()
+    trained.clear(), mined.clear()
+
+    with pytest.raises(RuntimeError, match="killed in seed-2/pretrain-round-2"):
+        main(["run", str(recipe), "seeds=[0, 1, 2]", "--run-dir", str(run), "--quiet"])
+    assert json.loads((run / "run.json").read_text())["stages"]["seed-2/pretrain-round-2"]["status"] == "running"
+    assert main(["run", str(recipe), "seeds=[0, 1, 2]", "--run-dir", str(run), "--quiet"]) == 0  # resumes
+    assert "ANGEL − matched (paired)" in capsys.readouterr().out
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    # seed 0 is the recipe's: its rounds are the run's own; the others have stages of their own
+    assert [name for name, _ in trained] == ["matched-nll", "seed-1/pretrain-round-1", "seed-1/pretrain-round-2",
+                                             "seed-1/matched-nll", "seed-2/pretrain-round-1",
+                                             "seed-2/pretrain-round-2", "seed-2/pretrain-round-2",
+                                             "seed-2/matched-nll"]
+    assert all(settings["seed"] == int(name[5]) for name, settings in trained if name.startswith("seed-"))
+    assert [seed for _, seed in mined] == [1, 1, 2, 2, 2] and len({out for out, _ in mined}) == 4
+    for seed, prefix in ((0, ""), (1, "seed-1/"), (2, "seed-2/")):
+        rounds = [stages[f"{prefix}pretrain-round-{i}"]["outputs"]["steps"] for i in (1, 2)]
+        assert rounds == [5 + seed] * 2 and stages[f"{prefix}matched-nll"]["outputs"]["steps"] == sum(rounds)
+    summary = stages["seeds"]["outputs"]
+    assert list(summary["per_seed"]) == ["0", "1", "2"] and summary["per_seed"]["1"]["steps"] == 12
+    for seed, prefix in (("0", ""), ("1", "seed-1/"), ("2", "seed-2/")):  # each seed's best by dev (the first)
+        seen = [stages[name]["outputs"] for name in ("pretrain-eval", f"{prefix}pretrain-round-1",
+                                                      f"{prefix}pretrain-round-2")]
+        assert summary["per_seed"][seed]["angel"] == max(seen, key=lambda out: out["dev_acc1"])["model"]
+    assert len(scored) == len(set(scored))  # every model scored once
+    report = (run / "report.md").read_text()
+    assert "## Seeds" in report and "| seed 2: ANGEL − matched (paired) |" in report
+
+    text, trained[:], mined[:], scored[:] = (run / "run.json").read_text(), [], [], []
+    assert main(["run", str(recipe), "seeds=[0, 1, 2]", "--run-dir", str(run), "--quiet"]) == 0  # a no-op rerun
+    assert (run / "run.json").read_text() == text and not (trained or mined or scored)
 
 
 def test_a_run_directory_refuses_another_recipe(tmp_path):

@@ -154,6 +154,9 @@ class Recipe:
     finetune_rounds: RoundsRecipe = field(default_factory=RoundsRecipe)
     # NLL continued from the positive-only model for as many steps as the last phase's ANGEL rounds took.
     matched_baseline: bool = False
+    # Repeat the last phase's ANGEL rounds and its matched NLL baseline under each of these seeds (of
+    # the mining sample and of training), all from the one positive-only model; empty: only `seed`'s.
+    seeds: list[NonNegativeInt] = field(default_factory=list)
     mine: MineRecipe = field(default_factory=MineRecipe)
     evaluate: EvalRecipe = field(default_factory=EvalRecipe)
 
@@ -163,6 +166,8 @@ class Recipe:
             raise ConfigError("benchmark.train_includes_dev", "needs benchmark.train and benchmark.dev")
         if self.kb.add_train_mentions and not self.benchmark.train:
             raise ConfigError("kb.add_train_mentions", "needs benchmark.train (the split whose mentions it adds)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds", f"expected distinct seeds, got {self.seeds}")
         _train_config("nll", self._placement(), {})  # the placement's bounds are TrainConfig's
         for where, objective in _TRAIN_SECTIONS.items():
             section, _, key = where.rpartition(".")
@@ -177,7 +182,13 @@ class Recipe:
                 "seed": self.seed}
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """What a run directory was made with. `seeds` is left out: it only adds stages (each seed's
+        rounds and baseline, under their own names, and the summary) and changes none that runs
+        without it, so adding seeds to a finished run runs just those; and runs made before the key
+        existed keep their fingerprint."""
+        data = asdict(self)
+        del data["seeds"]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Sections of TrainConfig settings (dotted path: the objective they train with).

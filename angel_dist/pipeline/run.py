@@ -1,8 +1,8 @@
 """`angel run`: the whole ANGEL recipe, top to bottom, each stage recorded in run.json.
 
   kb -> tokenizer -> trie -> corpora -> positive pretraining -> DPO pretraining rounds
-  [-> compute-matched NLL baseline] [-> positive fine-tuning -> ANGEL fine-tuning rounds]
-  -> test evaluation -> export -> report
+  [-> positive fine-tuning -> ANGEL fine-tuning rounds] [-> compute-matched NLL baseline]
+  -> final evaluation [-> the last phase's rounds and baseline under each of `seeds`] -> export -> report
 
 A round mines with the current model (which is also its DPO reference: the pair shards carry
 its log-probs), trains one DPO epoch on the pairs, exports, and scores dev acc@1; the best
@@ -42,42 +42,42 @@ class Pipeline:
                                                                    r.pretrain))
         self.state.run("pretrain-eval", lambda: self.scored(pretrained["model"], trie, evals))
         best = self.rounds("pretrain", r.pretrain_rounds, pretrained, data["pretrain"], trie, evals)
-        phase, base, phase_data, settings = "pretrain", pretrained, data["pretrain"], r.pretrain
+        phase, base, phase_data, settings, cfg = "pretrain", pretrained, data["pretrain"], r.pretrain, r.pretrain_rounds
         if data.get("train") and r.finetune:
             tuned = self.state.run("finetune", lambda: self.train("finetune", "nll", data["train"], best["model"],
                                                                   r.finetune))
             self.state.run("finetune-eval", lambda: self.scored(tuned["model"], trie, evals))
             best = self.rounds("finetune", r.finetune_rounds, tuned, data["train"], trie, evals)
-            phase, base, phase_data, settings = "finetune", tuned, data["train"], r.finetune
+            phase, base, phase_data, settings, cfg = "finetune", tuned, data["train"], r.finetune, r.finetune_rounds
         results = {"positive-only": base["model"], "angel": best["model"]}
-        # The compute-matched baseline: the positive-only model trained on with NLL for as many
-        # optimizer steps as the last phase's ANGEL rounds took.
-        steps = sum((self.state.done(n) or {}).get("steps", 0) for n in self._round_names(phase))
-        if r.matched_baseline and steps:
-            matched = self.state.run("matched-nll", lambda: self.train(
-                "matched-nll", "nll", phase_data, base["model"], {**settings, "max_steps": steps}))
+        if r.matched_baseline and (matched := self.matched(phase, base, phase_data, settings, trie, evals)):
             results["positive-only + NLL (matched steps)"] = matched["model"]
 
         table = self.state.run("final-eval", lambda: {
             **{name: self._scores(model, trie, evals) for name, model in results.items()},
             "char TF-IDF nearest name": self.tfidf_baseline(trie, evals)})
+        if r.seeds:
+            self.seeds(phase, cfg, base, phase_data, settings, trie, evals)
         self.state.run("export", lambda: self.export(best["model"]))
-        self.state.run("report", lambda: self.report())
+        # Rewritten when seeds are added to a finished run, for their section.
+        self.state.run("report", lambda: self.report(), {"seeds": r.seeds} if r.seeds else None)
         return table
 
-    def rounds(self, phase: str, cfg: RoundsRecipe, start: dict, data: str, trie: str, evals: dict) -> dict:
+    def rounds(self, phase: str, cfg: RoundsRecipe, start: dict, data: str, trie: str, evals: dict,
+               seed: int | None = None) -> dict:
         """ANGEL rounds from model `start`; returns the best {"model", "dev_acc1"} seen, or, when
         fine-tuning trains on dev too (benchmark.train_includes_dev: dev cannot judge), the last
-        round's, every round run."""
+        round's, every round run. `seed`: another seed than the recipe's, for the mining sample and
+        training, in stages of its own (`seed-S/PHASE-round-I`)."""
         last_wins = phase == "finetune" and self.recipe.benchmark.train_includes_dev
         current = start
         best = {"model": start["model"], "dev_acc1": self._dev_acc1(f"{phase}-eval")}
         n = cfg.rounds if phase == "pretrain" else min(cfg.rounds or cfg.chunks, cfg.chunks)
         stale = 0
         for i in range(1, n + 1):
-            name = f"{phase}-round-{i}"
+            name = f"{_prefix(seed)}{phase}-round-{i}"
             current = self.state.run(name, lambda: self.round(name, phase, i, cfg, current["model"], data, trie,
-                                                              evals))
+                                                              evals, seed))
             if last_wins or best["dev_acc1"] is None or (current["dev_acc1"] or 0.0) > best["dev_acc1"]:
                 best, stale = {"model": current["model"], "dev_acc1": current["dev_acc1"]}, 0
             else:
@@ -87,7 +87,7 @@ class Pipeline:
         return best
 
     def round(self, name: str, phase: str, i: int, cfg: RoundsRecipe, model: str, data: str, trie: str,
-              evals: dict) -> dict:
+              evals: dict, seed: int | None = None) -> dict:
         from angel_dist.mine import MineConfig, mine
 
         m = self.recipe.mine
@@ -95,7 +95,8 @@ class Pipeline:
                                                                          "chunks": cfg.chunks}
         pairs = self.dir / "rounds" / name / "pairs"
         manifest = mine(MineConfig(model=model, trie=trie, data=data, out=str(pairs), actors=m.actors, beams=m.beams,
-                                   dpo_topk=m.dpo_topk, gold_fallback=m.gold_fallback, round=i, seed=self.recipe.seed,
+                                   dpo_topk=m.dpo_topk, gold_fallback=m.gold_fallback, round=i,
+                                   seed=self.recipe.seed if seed is None else seed,
                                    batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor,
                                    gpus_per_actor=m.gpus_per_actor, placement=m.placement, stop=m.stop,
                                    progress=self.progress,
@@ -106,11 +107,50 @@ class Pipeline:
         per_rank = manifest["total"] // (r.workers if isinstance(r.workers, int) else r.workers[1])
         if per_rank == 0:  # nothing to learn from: the model stays
             return {**out, **self.scored(model, trie, evals), "steps": 0}
-        settings = dict(cfg.train)
+        settings = _seeded(cfg.train, seed)
         # A round with few pairs still makes one epoch of steps rather than none.
         settings["batch_size"] = min(settings.get("batch_size", 8), per_rank)
         trained = self.train(name, "dpo", str(pairs), model, settings)
         return {**out, **trained, **self.scored(trained["model"], trie, evals)}
+
+    def matched(self, phase: str, base: dict, data: str, settings: dict, trie: str, evals: dict,
+                seed: int | None = None) -> dict | None:
+        """The compute-matched baseline: the positive-only model `base` trained on with NLL for as
+        many optimizer steps as the phase's ANGEL rounds (under `seed`) took, scored; None when they
+        took none."""
+        prefix = _prefix(seed)
+        steps = sum((self.state.done(n) or {}).get("steps", 0) for n in self._round_names(prefix + phase))
+        if not steps:
+            return None
+        name = f"{prefix}matched-nll"
+
+        def train() -> dict:
+            trained = self.train(name, "nll", data, base["model"], _seeded({**settings, "max_steps": steps}, seed))
+            return {**trained, **self.scored(trained["model"], trie, evals)}
+        return self.state.run(name, train)
+
+    def seeds(self, phase: str, cfg: RoundsRecipe, base: dict, data: str, settings: dict, trie: str,
+              evals: dict) -> dict:
+        """The last phase's ANGEL rounds and matched baseline under each of the recipe's seeds, from
+        the one positive-only model `base` (the recipe's own seed is the run's own stages), and their
+        summary (angel_dist/pipeline/seeds.py). With no rounds' steps, the matched arm is `base`."""
+        from angel_dist.pipeline.seeds import seed_summary
+
+        r = self.recipe
+        arms = {}
+        for s in r.seeds:
+            seed = None if s == r.seed else s
+            angel = self.rounds(phase, cfg, base, data, trie, evals, seed)
+            matched = self.matched(phase, base, data, settings, trie, evals, seed) or {**base, "steps": 0}
+            arms[str(s)] = {"angel": angel["model"], "matched": matched["model"], "steps": matched["steps"]}
+
+        def summary() -> dict:
+            scores = {s: {arm: self._scores(arms[s][arm], trie, evals) for arm in ("angel", "matched")}
+                      for s in arms}
+            return {"phase": phase, "positive-only": base["model"],
+                    "per_seed": {s: {**arms[s], "eval": scores[s]} for s in arms},
+                    "summary": seed_summary(self._scores(base["model"], trie, evals), scores)}
+        return self.state.run("seeds", summary, {"seeds": r.seeds})
 
     # -- stages -------------------------------------------------------------------------
     def build_kb(self) -> dict:
@@ -269,7 +309,7 @@ class Pipeline:
         if not spec or spec.rsplit(":", 1)[0] != stage:
             return None
         after = int(spec.rsplit(":", 1)[1])
-        marker = self.dir / f".fault-injected-{stage}"
+        marker = self.dir / f".fault-injected-{stage.replace('/', '-')}"
         seen = []
 
         def hook(_result):
@@ -277,6 +317,16 @@ class Pipeline:
             if len(seen) >= after:
                 crash_once(marker, f"{FAULT_ENV}: the driver dies in {stage} after {after} pair shard(s)", 17)
         return hook
+
+
+def _prefix(seed: int | None) -> str:
+    """The stage names of a seed other than the recipe's: `seed-S/` before the recipe's own."""
+    return "" if seed is None else f"seed-{seed}/"
+
+
+def _seeded(settings: dict, seed: int | None) -> dict:
+    """Training settings under `seed` (None: the recipe's, as every stage without seeds)."""
+    return dict(settings) if seed is None else {**settings, "seed": seed}
 
 
 def train_dir(run_dir: str | Path, stage: str) -> Path:

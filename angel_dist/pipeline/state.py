@@ -1,7 +1,11 @@
 """run.json: the state of a pipeline run, one record per stage, rewritten atomically.
 
   {"recipe_fingerprint", "recipe", "stages": {name: {"status": "running" | "done",
-   "outputs": {...}, "seconds": s, "order": i, "placement": [...]}}}
+   "outputs": {...}, "seconds": s, "order": i, "placement": [...], ["inputs": {...}]}}}
+
+`recipe` is the latest command's (it differs from the first one's only in keys the fingerprint
+leaves out: `seeds`). A stage run with `inputs` (the summary of the seeds, the report) runs again
+when they differ from those it was done with.
 
 A stage's `placement` says where its work ran (angel_dist/placement.py): for training, every
 (re)start of the run's ranks, each rank's Ray node id and IP address, and whether the node-local
@@ -38,6 +42,9 @@ class RunState:
                 raise ValueError(f"{self.dir} was started with another recipe (changed: {', '.join(changed)}); "
                                  f"use a new --run-dir or the same recipe and overrides")
             self.state = state
+            if state["recipe"] != recipe:
+                state["recipe"] = recipe
+                self._write()
         else:
             self.state = {"recipe_fingerprint": fingerprint, "recipe": recipe, "stages": {}}
             self._write()
@@ -49,13 +56,15 @@ class RunState:
         record = self.state["stages"].get(name)
         return record["outputs"] if record and record["status"] == "done" else None
 
-    def run(self, name: str, fn: Callable[[], dict]) -> dict:
-        """The outputs of stage `name`: recorded ones if it is done, else `fn()`'s, then recorded."""
+    def run(self, name: str, fn: Callable[[], dict], inputs: dict | None = None) -> dict:
+        """The outputs of stage `name`: recorded ones if it is done (with these `inputs`, when given),
+        else `fn()`'s, then recorded."""
         outputs = self.done(name)
-        if outputs is not None:
-            return outputs
         stages = self.state["stages"]
-        stages[name] = {"status": "running", "outputs": {}, "order": stages.get(name, {}).get("order", len(stages))}
+        if outputs is not None and (inputs is None or stages[name].get("inputs") == inputs):
+            return outputs
+        stages[name] = {"status": "running", "outputs": {}, "order": stages.get(name, {}).get("order", len(stages)),
+                        **({"inputs": inputs} if inputs is not None else {})}
         self._write()
         print(f"[angel] stage {name}", flush=True)
         t = time.perf_counter()
