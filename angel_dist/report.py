@@ -37,12 +37,18 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+# The final table's rows in reading order (run.json stores them sorted by name).
+ROW_ORDER = ("positive-only", "positive-only + NLL (matched steps)", "angel", "char TF-IDF nearest name")
+
+
 def accuracy_table(final: dict, k: int, cell=_percent) -> str:
-    """{row: {split: {"acc@1": v, f"acc@{k}": v, ...}}} as a Markdown table; `cell` writes a value."""
+    """{row: {split: {"acc@1": v, f"acc@{k}": v, ...}}} as a Markdown table, the final table's rows
+    in ROW_ORDER, any others after them as given; `cell` writes a value."""
     splits = sorted({s for scores in final.values() for s in scores})
     head = "| model | " + " | ".join(f"{s} acc@1 | {s} acc@{k}" for s in splits) + " |"
     lines = [head, "|" + " --- |" * (1 + 2 * len(splits))]
-    for name, scores in final.items():
+    rank = {name: i for i, name in enumerate(ROW_ORDER)}
+    for name, scores in sorted(final.items(), key=lambda row: rank.get(row[0], len(ROW_ORDER))):
         cells = [f"{cell(scores[s]['acc@1'])} | {cell(scores[s][f'acc@{k}'])}" if s in scores else "- | -"
                  for s in splits]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
