@@ -17,7 +17,6 @@ from angel_dist.corpus.pubtator import Mention
 from angel_dist.gold import gold_concepts
 
 Composites = Literal["keep", "drop", "split"]
-COMPOSITES = ("keep", "drop", "split")
 
 
 def is_composite(m: Mention) -> bool:

@@ -32,6 +32,7 @@ import pyarrow as pa
 from angel_dist.corpus.example import Example, mark
 from angel_dist.corpus.similarity import CharTfidf, most_similar_other
 from angel_dist.keys import key_part, rng_for
+from angel_dist.typed import check_fields
 
 MentionScheme = Literal["random", "most_sim"]
 
@@ -53,8 +54,7 @@ class KbExampleConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.mention_scheme not in ("random", "most_sim"):
-            raise ValueError(f"mention_scheme must be 'random' or 'most_sim', got {self.mention_scheme!r}")
+        check_fields(self)
 
 
 def _sample(rng, items: list[str], n: int) -> list[str]:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from angel_dist.corpus.abbreviations import document_abbreviations, expand
-from angel_dist.corpus.composites import COMPOSITES, Composites, split_composite
+from angel_dist.corpus.composites import Composites, split_composite
 from angel_dist.corpus.example import Example, mark
 from angel_dist.corpus.pubtator import Document, Mention
 from angel_dist.corpus.sentences import sentence_spans, window
@@ -35,6 +35,7 @@ from angel_dist.corpus.similarity import CharTfidf, top_k_per_query
 from angel_dist.gold import canonical_id, gold_concepts
 from angel_dist.kb.normalize import normalize_names
 from angel_dist.keys import key_part
+from angel_dist.typed import PositiveInt, check_fields
 
 Context = Literal["sentence", "document"]
 CONTEXTS = ("sentence", "document")
@@ -74,16 +75,13 @@ def describe_inputs(record: dict) -> str:
 class MentionExampleConfig:
     inputs: MentionInputConfig = field(default_factory=MentionInputConfig)
     entity_type: str | None = None  # keep only mentions of this type (BC5CDR: Disease, Chemical)
-    syn_k: int | None = 3  # None: evaluation-only examples without targets
+    syn_k: PositiveInt | None = 3  # None: evaluation-only examples without targets
     # Composite mentions: "drop" from training sets (NCBI-disease in GenBioEL; evaluation sets
     # keep them), "split" in every set by BC5CDR's 7th column (angel_dist/corpus/composites.py).
     composites: Composites = "keep"
 
     def __post_init__(self):
-        if self.syn_k is not None and self.syn_k < 1:
-            raise ValueError(f"syn_k must be >= 1, got {self.syn_k}")
-        if self.composites not in COMPOSITES:
-            raise ValueError(f"composites must be one of {COMPOSITES}, got {self.composites!r}")
+        check_fields(self)
 
 
 class KbIndex:
