@@ -110,6 +110,16 @@ def test_trl_preference_parquet(mined):
         assert row["ref_rejected_logps"] == pair["ref_rejected_logp"]
 
 
+def test_a_rounds_mining_bar_ends_at_the_examples_read_and_counts_the_mentions_searched(setup, tmp_path, capsys):
+    # A fine-tuning round mines one chunk of the examples: the bar's total is every example read.
+    manifest = _mine(setup, tmp_path / "pairs", progress=True, chunk=0, chunks=2)
+    examples = sum(s.count for s in open_shard_sets(str(setup / "examples"))[0])
+    searched = manifest["stats"]["inputs"]
+    assert 0 < searched < examples
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{examples}/{examples}" in last and f"searched={searched}" in last, last
+
+
 def test_killed_actor_redoes_its_shard_and_rerun_skips(setup, mined, monkeypatch):
     clean_out, clean = mined
     out = setup / "pairs-killed"

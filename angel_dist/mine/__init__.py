@@ -96,7 +96,7 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
     run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor, cfg.stop),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
-             desc="mine", on_result=on_shard, placement=cfg.placement)
+             desc="mine", unit="example", on_result=on_shard, placement=cfg.placement)
     manifest = finish(plan)
     write_trl_parquet(plan.out)
     return manifest

@@ -64,11 +64,13 @@ class ShardWorker:
 def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSettings, actors: int,
              cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, fault: str | None = None,
              fault_dir: str | None = None, total_inputs: int | None = None, progress: bool = True,
-             desc: str = "search", on_result=None, on_ready=None, placement: str = "PACK") -> dict[int, dict]:
+             desc: str = "search", unit: str = "mention", on_result=None, on_ready=None,
+             placement: str = "PACK") -> dict[int, dict]:
     """Run `ShardWorker.<method>(*job)` for every job (its first element is the shard index) on
     `actors` actors; returns {index: result}. The bar starts once every actor holds its model
-    (`on_ready` is called then) and counts inputs (mentions) per second. `placement` SPREAD puts
-    the actors on as many nodes as it can (Ray's SPREAD scheduling), PACK leaves it to Ray."""
+    (`on_ready` is called then) and counts each result's `inputs` (in `unit`s) out of `total_inputs`.
+    `placement` SPREAD puts the actors on as many nodes as it can (Ray's SPREAD scheduling), PACK
+    leaves it to Ray."""
     import ray
     from ray.util import ActorPool
 
@@ -87,11 +89,15 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
         on_ready()
     pool = ActorPool(handles)
     results: dict[int, dict] = {}
+    searched = 0
     try:
-        with tqdm(total=total_inputs, desc=desc, unit="mention", disable=not progress) as bar:
+        with tqdm(total=total_inputs, desc=desc, unit=unit, disable=not progress) as bar:
             for result in pool.map_unordered(lambda actor, job: getattr(actor, method).remote(*job), jobs):
                 results[result["index"]] = result
                 bar.update(result["inputs"])
+                if "searched" in result:
+                    searched += result["searched"]
+                    bar.set_postfix(searched=searched, refresh=False)
                 if on_result is not None:
                     on_result(result)
     finally:

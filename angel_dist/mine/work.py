@@ -180,13 +180,16 @@ def pairs_of(linker: Linker, samples: list[dict], predictions: list[list[Predict
 
 def mine_shard(linker: Linker, shard: Shard, index: int, out: str | Path, config_hash: str, settings: MineSettings,
                gold_names: GoldNames | None = None, fault: tuple[int, int, Path] | None = None) -> dict:
-    samples = distinct_inputs(list(iter_shard(shard)), settings.fraction, settings.seed, settings.round,
-                              settings.chunk, settings.chunks)
+    examples = list(iter_shard(shard))
+    samples = distinct_inputs(examples, settings.fraction, settings.seed, settings.round, settings.chunk,
+                              settings.chunks)
     predictions = search_inputs(linker, samples, settings.search_chunk, index, fault)
     pairs, stats = pairs_of(linker, samples, predictions, settings, gold_names)
     record = write_pair_shard(out, index, config_hash, pairs, stats)
-    return {"index": index, "inputs": len(samples), "pairs": len(pairs), "stats": dict(stats),
-            "sha256": record["sha256"]}
+    # The bar counts the examples read (its total is known before any shard is), `searched` the
+    # distinct inputs of the round's sample among them.
+    return {"index": index, "inputs": len(examples), "searched": len(samples), "pairs": len(pairs),
+            "stats": dict(stats), "sha256": record["sha256"]}
 
 
 def prediction_record(sample: dict, preds: list[Prediction]) -> dict:
