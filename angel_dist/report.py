@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from angel_dist.atomic import atomic_path
+from angel_dist.pipeline.rows import MATCHED, ROW_ORDER
 from angel_dist.pipeline.seeds import ARMS, PAIRED
 from angel_dist.pipeline.state import read_state
 from angel_dist.train.metrics import read_metrics
@@ -37,10 +38,6 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-# The final table's rows in reading order (run.json stores them sorted by name).
-ROW_ORDER = ("positive-only", "positive-only + NLL (matched steps)", "angel", "char TF-IDF nearest name")
-
-
 def accuracy_table(final: dict, k: int, cell=_percent) -> str:
     """{row: {split: {"acc@1": v, f"acc@{k}": v, ...}}} as a Markdown table, the final table's rows
     in ROW_ORDER, any others after them as given; `cell` writes a value."""
@@ -64,7 +61,7 @@ def seeds_table(seeds: dict, k: int) -> str:
     ANGEL - matched, and each seed's rows."""
     summary, per_seed = seeds["summary"], seeds["per_seed"]
     names = {"positive-only": "positive-only", "angel": "ANGEL rounds",
-             "matched": "positive-only + NLL (matched steps)", PAIRED: "ANGEL − matched (paired)"}
+             "matched": MATCHED, PAIRED: "ANGEL − matched (paired)"}
     rows = {names[arm]: {split: {m: v[arm] for m, v in metrics.items()} for split, metrics in summary.items()}
             for arm in (*ARMS, PAIRED)}
     lines = [f"Mean ± sample standard deviation over seeds {', '.join(per_seed)}:", "",

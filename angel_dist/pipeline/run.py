@@ -18,6 +18,7 @@ from pathlib import Path
 
 from angel_dist.faults import crash_once
 from angel_dist.pipeline.recipe import Recipe, RoundsRecipe
+from angel_dist.pipeline.rows import ANGEL, MATCHED, POSITIVE, TFIDF
 from angel_dist.pipeline.state import RunState
 
 FAULT_ENV = "ANGEL_PIPELINE_FAULT"  # "STAGE:N": the driver dies after N pair shards of STAGE's mining, once
@@ -49,13 +50,13 @@ class Pipeline:
             self.state.run("finetune-eval", lambda: self.scored(tuned["model"], trie, evals))
             best = self.rounds("finetune", r.finetune_rounds, tuned, data["train"], trie, evals)
             phase, base, phase_data, settings, cfg = "finetune", tuned, data["train"], r.finetune, r.finetune_rounds
-        results = {"positive-only": base["model"], "angel": best["model"]}
+        results = {POSITIVE: base["model"], ANGEL: best["model"]}
         if r.matched_baseline and (matched := self.matched(phase, base, phase_data, settings, trie, evals)):
-            results["positive-only + NLL (matched steps)"] = matched["model"]
+            results[MATCHED] = matched["model"]
 
         table = self.state.run("final-eval", lambda: {
             **{name: self._scores(model, trie, evals) for name, model in results.items()},
-            "char TF-IDF nearest name": self.tfidf_baseline(trie, evals)})
+            TFIDF: self.tfidf_baseline(trie, evals)})
         if r.seeds:
             self.seeds(phase, cfg, base, phase_data, settings, trie, evals)
         self.state.run("export", lambda: self.export(best["model"]))
