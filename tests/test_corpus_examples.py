@@ -375,6 +375,15 @@ def test_mentions_are_written_as_genbioel_writes_them():
     assert expand("FEDS", {"FED": "fish-eye disease"}) == "FEDS"
 
 
+def test_html_character_references_read_as_their_characters():
+    title = "Breast &amp; ovarian cancer &gt; rare."
+    doc = Document("1", title, "", [Mention(0, 27, title[:27], "Disease", "D1", 0)])
+    e = mention_inputs(doc, doc.mentions)[0]
+    assert e.prefix == "breast & ovarian cancer is" and e.source == "START breast & ovarian cancer END > rare."
+    raw = mention_inputs(doc, doc.mentions, MentionInputConfig("sentence", False, False, False))[0]
+    assert raw.prefix == "Breast & ovarian cancer is"
+
+
 @pytest.mark.parametrize("at, left, right", [(600, 192, 192), (50, 50, 334), (990, 374, 10), (0, 0, 384)])
 def test_document_context_is_genbioels_384_word_window(at, left, right):
     """1000 words and the mention: each side keeps what the other leaves of 384, 192 at least."""

@@ -7,6 +7,8 @@ like KB names (angel_dist/kb/normalize.py), both in the forced prefix and betwee
 so that the model copies what it can instead of learning case and punctuation; the context is
 lowercased; it is the document (title + abstract) around the mention, at most
 DOCUMENT_WINDOW_WORDS words (GenBioEL's window), or, with `context: sentence`, its sentence.
+HTML character references (`&amp;`, `&gt;`) read as the characters they stand for, always (GenBioEL's
+html.unescape): no model should learn to link `&amp;`.
 
 Training sets use SYN-k: each mention yields up to k rows whose targets are the k names of
 its gold concepts most similar to the mention (character TF-IDF). Evaluation sets
@@ -18,6 +20,7 @@ those: they count as misses).
 
 from __future__ import annotations
 
+import html
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
@@ -133,7 +136,7 @@ def mention_inputs(doc: Document, mentions: Sequence[Mention],
     else:
         words = np.array([m.span() for m in re.finditer(r"\S+", text)], dtype=np.int64).reshape(-1, 2)
     abbreviations = document_abbreviations(text) if config.abbreviations else {}
-    raw = [" ".join(text[m.start:m.end].split()) for m in mentions]
+    raw = [" ".join(html.unescape(text[m.start:m.end]).split()) for m in mentions]
     expanded = [expand(r, abbreviations) for r in raw]
     written = expanded
     if config.normalize_mention:
@@ -146,7 +149,7 @@ def mention_inputs(doc: Document, mentions: Sequence[Mention],
             lo, hi = window(spans, m.start, m.end)
         else:
             lo, hi = _word_window(words, m.start, m.end, DOCUMENT_WINDOW_WORDS)
-        left, right = text[lo:m.start], text[m.end:hi]
+        left, right = html.unescape(text[lo:m.start]), html.unescape(text[m.end:hi])
         if config.lowercase:
             left, right = left.lower(), right.lower()
         source, span = mark(" ".join(left.split()), mention, " ".join(right.split()))
