@@ -337,6 +337,8 @@ def _add_search_common(p) -> None:
     p.add_argument("--stop", choices=("exact", "heuristic", "fairseq"), default="exact",
                    help="the search's stopping rule: exact (every beam's best possible end is ruled out), heuristic "
                         "(HF generate's), fairseq (GenBioEL's and ANGEL's decode)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="divides the search's logits before they become log-probs (ANGEL decodes with 0.7)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--placement", choices=("PACK", "SPREAD"), default="PACK",
@@ -404,7 +406,8 @@ def _mine(args) -> None:
                                beams=args.beams, dpo_topk=args.dpo_topk, gold_fallback=args.gold_fallback,
                                round=args.round, fraction=args.fraction, seed=args.seed, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               placement=args.placement, stop=args.stop, overwrite=args.overwrite,
+                               placement=args.placement, stop=args.stop, temperature=args.temperature,
+                               overwrite=args.overwrite,
                                progress=not args.quiet))
     stats = manifest["stats"]
     print(f"wrote {args.out}: {manifest['total']} pairs from {stats.get('inputs', 0)} inputs "
@@ -420,7 +423,8 @@ def _evaluate(args) -> None:
     summary = evaluate(EvalConfig(model=args.model, trie=args.trie, data=args.data, out=args.out, beams=args.beams,
                                   k=k, actors=args.actors, batch_size=args.batch_size,
                                   cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                                  placement=args.placement, stop=args.stop, progress=not args.quiet))
+                                  placement=args.placement, stop=args.stop, temperature=args.temperature,
+                                  progress=not args.quiet))
     print(json.dumps(summary, indent=2) if args.json else format_table(summary, k))
     if args.out:
         print(f"predictions: {args.out}")

@@ -1,6 +1,8 @@
 """Trie-constrained beam search: exact against brute-force scoring, batch-independent, KB names only,
 for both backbone families."""
 
+import copy
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -155,6 +157,37 @@ def test_fairseq_stop_is_fairseqs_beam_search(small):
         np.testing.assert_allclose([h.score for h in hyps], [s for _, s in expected], atol=1e-5)
         differs += [n for n, _ in expected] != [n for n, _ in _brute_force(tok, trie, model, source, prefix)[:beams]]
     assert differs  # not the exact top names: the rule is not the exact search's
+
+
+def _tempered(model, temperature):
+    """A copy of `model` whose logits are its logits / temperature (the output layer scaled, untied
+    from the embeddings it shares)."""
+    tempered = copy.deepcopy(model)
+    tempered.lm_head.weight = torch.nn.Parameter(tempered.lm_head.weight.detach() / temperature)
+    if hasattr(tempered, "final_logits_bias"):
+        tempered.final_logits_bias.div_(temperature)
+    return tempered
+
+
+def test_temperature_divides_the_logits_in_every_stopping_rule(small):
+    tok, trie, model, sources, prefixes = small
+    names = trie.names()["name"].to_pylist()
+    tempered = _tempered(model, 0.3)
+    exact = BeamSearch(model, trie, beams=len(NAMES) + 3, batch_size=8, temperature=0.3).search(sources, prefixes)
+    fairseq = BeamSearch(model, trie, beams=3, batch_size=8, stop="fairseq", temperature=0.3).search(sources, prefixes)
+    plain = BeamSearch(model, trie, beams=len(NAMES) + 3, batch_size=8).search(sources, prefixes)
+    differs = 0
+    for source, prefix, hyps, top, untempered in zip(sources, prefixes, exact, fairseq, plain):
+        expected = _brute_force(tok, trie, tempered, source, prefix)
+        assert [names[h.name_id] for h in hyps] == [n for n, _ in expected]
+        np.testing.assert_allclose([h.score for h in hyps], [s for _, s in expected], atol=1e-5)
+        expected = _fairseq(tok, trie, tempered, source, prefix, 3)
+        assert [names[h.name_id] for h in top] == [n for n, _ in expected]
+        np.testing.assert_allclose([h.score for h in top], [s for _, s in expected], atol=1e-5)
+        differs += [h.name_id for h in hyps] != [h.name_id for h in untempered]
+    assert differs  # the temperature reordered some input's names
+    with pytest.raises(ValueError, match="temperature"):
+        BeamSearch(model, trie, temperature=0.0)
 
 
 def test_stopping_rules_on_a_real_kb(tmp_path):

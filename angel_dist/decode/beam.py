@@ -20,6 +20,9 @@ Three stopping rules (`stop`):
   eos candidate ranks among the example's K best candidates by cumulative log-prob (eos
   candidates below them are dropped); finished names are kept in the order they finish, and the
   example stops as soon as K have finished; they are then ranked by log-prob / length.
+`temperature` T divides the logits before they become log-probs, as fairseq's generator does
+(ANGEL decodes with 0.7, GenBioEL with 1): below 1 it sharpens each step's distribution, which
+moves names with unlikely tokens further down and so changes which top-k sets are mined.
 Stopped examples leave the batch, their cache rows with them, and each step's rows hold as many
 beams per example as the example with the most live ones (the trie soon leaves most with few).
 """
@@ -133,9 +136,12 @@ class _Finished:
 
 
 class BeamSearch:
-    def __init__(self, model, trie: Trie, beams: int = 10, batch_size: int = 32, stop: Stop = "exact"):
+    def __init__(self, model, trie: Trie, beams: int = 10, batch_size: int = 32, stop: Stop = "exact",
+                 temperature: float = 1.0):
         if beams < 1:
             raise ValueError("beams must be >= 1")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         if stop not in STOPS:
             raise ValueError(f"stop must be one of {STOPS}, got {stop!r}")
         if model.training:
@@ -147,7 +153,7 @@ class BeamSearch:
             trie.to(self.device)
         # "exact": a beam may still grow to its longest completion; "heuristic" (what HF generate
         # does by default): judge each beam as if it ended now; "fairseq" needs no bound.
-        self.stop = stop
+        self.stop, self.temperature = stop, temperature
         self.heights = trie.heights() if stop == "exact" else None
         # Padded source positions are masked: any id serves where a model names no pad (Llama's).
         self.pad = model.config.pad_token_id if model.config.pad_token_id is not None else trie.eos
@@ -183,6 +189,8 @@ class BeamSearch:
             A = len(active)
             tokens, children, valid = trie.children(states)  # [rows, D]: D edges per beam at most
             D = tokens.shape[1]
+            if self.temperature != 1.0:
+                logits = logits.float() / self.temperature
             picked = logits.gather(1, tokens).float()
             cand = torch.where(valid, logp[:, None] + picked - log_normalizer_(logits)[:, None], -torch.inf)
             ends = children >= trie.n_internal

@@ -97,7 +97,7 @@ def pick_device(device: str | None = None) -> torch.device:
 class Linker:
     def __init__(self, model_dir: str | Path, trie_dir: str | Path, beams: int = 10, batch_size: int = 32,
                  device: str | None = None, tokenizer: str | Path | None = None, inputs: dict | None = None,
-                 max_source_tokens: int = MAX_SOURCE_TOKENS, stop: Stop = "exact"):
+                 max_source_tokens: int = MAX_SOURCE_TOKENS, stop: Stop = "exact", temperature: float = 1.0):
         """`inputs`: a bundle's recorded input settings (MentionInputConfig's fields; GenBioEL's
         defaults when None)."""
         self.tokenizer = load_tokenizer(tokenizer or model_dir)
@@ -113,7 +113,8 @@ class Linker:
         table = self.trie.names()
         self._names, self._cuis = table["name"], table["cuis"]
         self.beams = beams
-        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size, stop=stop)
+        self.search = BeamSearch(self.model, self.trie, beams=beams, batch_size=batch_size, stop=stop,
+                                 temperature=temperature)
         self.inputs = MentionInputConfig.from_record(inputs) if inputs is not None else MentionInputConfig()
         self.max_source_tokens = max_source_tokens
 

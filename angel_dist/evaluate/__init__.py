@@ -32,6 +32,7 @@ class EvalConfig:
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
     stop: Stop = "exact"  # the search's stopping rule; "fairseq" is GenBioEL's and ANGEL's
+    temperature: float = 1.0  # divides the search's logits; ANGEL decodes with 0.7
     progress: bool = True
 
 
@@ -44,6 +45,8 @@ def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | 
     """Several example sets (e.g. dev and test) in one actor pool: {name: summary}."""
     if cfg.stop not in STOPS:
         raise ValueError(f"stop must be one of {STOPS}, got {cfg.stop!r}")
+    if not cfg.temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {cfg.temperature}")
     if not 1 <= cfg.k <= cfg.beams:
         raise ValueError(f"need 1 <= k <= beams, got k={cfg.k}, beams={cfg.beams}")
     jobs, owner, model_dir, trie = [], [], None, None
@@ -52,8 +55,8 @@ def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | 
         for shard in shards:
             jobs.append((len(jobs), shard))
             owner.append(name)
-    results = run_pool("predict", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size,
-                                                    cfg.gpus_per_actor, cfg.stop), MineSettings(), cfg.actors,
+    spec = linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor, cfg.stop, cfg.temperature)
+    results = run_pool("predict", jobs, spec, MineSettings(), cfg.actors,
                        cfg.cpus_per_actor, cfg.gpus_per_actor, total_inputs=sum(j[1].count for j in jobs),
                        progress=cfg.progress, desc="evaluate", placement=cfg.placement)
     kb_cuis = set(pc.unique(pc.list_flatten(trie.names()["cuis"])).to_pylist()) if trie is not None else set()

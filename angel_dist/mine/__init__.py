@@ -41,6 +41,7 @@ class MineConfig:
     chunks: PositiveInt = 1
     batch_size: PositiveInt = 32  # inputs per beam-search batch
     stop: Stop = "exact"  # the search's stopping rule (angel_dist/decode/beam.py); "fairseq" is GenBioEL's and ANGEL's
+    temperature: PositiveFloat = 1.0  # divides the search's logits; ANGEL decodes with 0.7
     cpus_per_actor: PositiveFloat = 1.0
     gpus_per_actor: NonNegativeFloat = 0.0
     placement: Literal["PACK", "SPREAD"] = "PACK"  # SPREAD: the actors on as many nodes as possible
@@ -55,9 +56,10 @@ class MineConfig:
             raise ConfigError("chunk", f"expected less than chunks ({self.chunks}), got {self.chunk}")
 
 
-def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float, stop: Stop = "exact") -> dict:
+def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float, stop: Stop = "exact",
+                temperature: float = 1.0) -> dict:
     return {"model_dir": str(model_dir), "trie_dir": str(trie), "beams": beams, "batch_size": batch_size,
-            "device": "cuda" if gpus > 0 else "cpu", "stop": stop}
+            "device": "cuda" if gpus > 0 else "cpu", "stop": stop, "temperature": temperature}
 
 
 def search_inputs(model: str, trie_dir: str, data: str):
@@ -88,12 +90,14 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
                             fraction=cfg.fraction, seed=cfg.seed, chunk=cfg.chunk, chunks=cfg.chunks)
     config = {"model_fingerprint": model_fingerprint(model_dir), "data_config_hash": data["config_hash"],
               "trie_kb": trie.meta.get("kb_fingerprint"), "beams": cfg.beams, "stop": cfg.stop,
+              "temperature": cfg.temperature,
               **{k: v for k, v in asdict(settings).items() if k not in ("search_chunk", "ref_batch_size")}}
     plan = ShardSetPlan(Path(cfg.out), "pairs", len(shards), config,
                         {"tokenizer_fingerprint": fingerprint, "kb_fingerprint": data.get("kb_fingerprint")})
     pending = prepare(plan, cfg.overwrite)
     jobs = [(i, shards[i], str(plan.out), plan.config_hash) for i in pending]
-    run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor, cfg.stop),
+    run_pool("mine", jobs, linker_spec(model_dir, cfg.trie, cfg.beams, cfg.batch_size, cfg.gpus_per_actor, cfg.stop,
+                                       cfg.temperature),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
              desc="mine", unit="example", on_result=on_shard, placement=cfg.placement)

@@ -117,6 +117,7 @@ class MineRecipe:
     gpus_per_actor: float = 0.0
     placement: str = "PACK"  # SPREAD: the actors on as many nodes as possible
     stop: Stop = "exact"  # the search's stopping rule for mining and evaluation ("fairseq": GenBioEL's and ANGEL's)
+    temperature: float = 1.0  # divides the search's logits in mining and evaluation (ANGEL: 0.7)
 
     def __post_init__(self):
         check_fields(self)

@@ -100,7 +100,7 @@ class Pipeline:
                                    seed=self.recipe.seed if seed is None else seed,
                                    batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor,
                                    gpus_per_actor=m.gpus_per_actor, placement=m.placement, stop=m.stop,
-                                   progress=self.progress,
+                                   temperature=m.temperature, progress=self.progress,
                                    **sample),
                         on_shard=self._fault_hook(name))
         out = {"pairs": str(pairs), "n_pairs": manifest["total"], "mining": manifest["stats"]}
@@ -255,7 +255,7 @@ class Pipeline:
         m, k = self.recipe.mine, self.recipe.evaluate.k
         cfg = EvalConfig(model=model, trie=trie, data="", beams=max(m.beams, k), k=k, actors=m.actors,
                          batch_size=m.batch_size, cpus_per_actor=m.cpus_per_actor, gpus_per_actor=m.gpus_per_actor,
-                         placement=m.placement, stop=m.stop, progress=self.progress)
+                         placement=m.placement, stop=m.stop, temperature=m.temperature, progress=self.progress)
         return {split: {key: v for key, v in summary.items() if key != "model"}
                 for split, summary in evaluate_sets(cfg, evals).items()}
 
