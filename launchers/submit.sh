@@ -34,7 +34,8 @@ env_json=${ANGEL_ENV_JSON:-"{}"}
 runtime_env=$(python - "$env_json" <<'PY'
 import json, sys
 env = {"TQDM_MININTERVAL": "30", **json.loads(sys.argv[1])}
-print(json.dumps({"excludes": [".git", "shards/", "runs/", "*.parquet", "__pycache__"], "env_vars": env}))
+# Anchored: a bare "shards/" would also drop the package angel_dist/shards from the upload.
+print(json.dumps({"excludes": [".git", "/shards/", "/runs/", "*.parquet", "__pycache__"], "env_vars": env}))
 PY
 )
 args=(--address "${RAY_ADDRESS:-http://127.0.0.1:8265}" --working-dir . --runtime-env-json "$runtime_env"

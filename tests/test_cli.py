@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -215,3 +216,25 @@ def test_workers_a_cluster_holds_count_live_nodes_and_the_placement():
     assert hostable_workers(need, "STRICT_PACK", nodes) == 2
     assert hostable_workers({"CPU": 3.0}, "SPREAD", nodes) == 1 + 2
     assert hostable_workers({"CPU": 1.0, "GPU": 1.0}, "PACK", nodes) == 0
+
+
+def test_submit_uploads_the_whole_package_and_leaves_out_data_and_runs(tmp_path):
+    """launchers/submit.sh, with a stand-in `ray` that records its arguments: the working directory
+    it uploads, filtered as Ray filters it, keeps every file of the package (a bare `shards/`
+    exclude dropped angel_dist/shards, which broke the job wherever the upload came first on
+    sys.path) and leaves out the top-level shards/ and runs/."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    (tmp_path / "ray").write_text(f'#!/bin/sh\n{sys.executable} -c "import json, sys; '
+                                  f'print(json.dumps(sys.argv[1:]))" "$@"\n')
+    (tmp_path / "ray").chmod(0o755)
+    done = subprocess.run(["bash", str(ROOT / "launchers" / "submit.sh"), "launchers/recipes/demo-hpo.yaml"],
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                          capture_output=True, text=True, check=True)
+    argv = json.loads(done.stdout)
+    assert argv[:2] == ["job", "submit"] and argv[argv.index("--working-dir") + 1] == "."
+    excluded = _get_excludes(ROOT, json.loads(argv[argv.index("--runtime-env-json") + 1])["excludes"])
+    package = [p for p in (ROOT / "angel_dist").rglob("*.py") if "__pycache__" not in p.parts]
+    assert (ROOT / "angel_dist" / "shards" / "reader.py") in package
+    assert [p for p in package if excluded(p)] == []
+    assert excluded(ROOT / "shards" / "pretrain-000000.tar") and excluded(ROOT / "runs" / "demo" / "run.json")
