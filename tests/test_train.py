@@ -144,7 +144,9 @@ def test_nll_loss_falls(request, run_of, drop):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("config", ["zero3", "ddp", "zero3_offload"])
+# ZeRO-3 without offload trains in test_accumulated_micro_batches_train_like_stage0 (each run of
+# Ray Train costs the suite ~20 s, most of it the ranks' imports).
+@pytest.mark.parametrize("config", ["ddp", "zero3_offload"])
 def test_other_stages_train_like_zero2(baseline, uninterrupted, config):
     _, zero2 = baseline
     _, other = uninterrupted(config)
