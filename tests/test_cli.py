@@ -120,9 +120,9 @@ def _launcher_lines() -> list[str]:
 
 def _argv_variants(command: str) -> list[list[str]]:
     """The words after `angel`; `[--opt X]` optional parts once left out and once given (the first choice of
-    `a|b`, 2 for a count `N`)."""
-    without = re.sub(r"\s*\[[^\]]*\]", "", command)
-    with_ = re.sub(r"\[([^\]]*)\]", lambda m: re.sub(r"(\S+)\|\S+", r"\1", m.group(1).replace(" N", " 2")), command)
+    `a|b`, 2 for a count `N`). A bracket inside a word is a value (`'seeds=[0,1,2]'`), not an optional part."""
+    without = re.sub(r"\s+\[[^\]]*\]", "", command)
+    with_ = re.sub(r"(?<=\s)\[([^\]]*)\]", lambda m: re.sub(r"(\S+)\|\S+", r"\1", m.group(1).replace(" N", " 2")), command)
     return [shlex.split(c)[1:] for c in dict.fromkeys((without, with_))]
 
 
