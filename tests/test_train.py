@@ -167,19 +167,37 @@ def test_accumulated_micro_batches_train_like_stage0(uninterrupted, config):
     assert [m["loss"] for m in other] == pytest.approx([m["loss"] for m in ddp], abs=1e-3)
 
 
-# ddp: stage 0 averages through DeepSpeed's shared-memory all-reduce, whose waits have no timeout:
-# the surviving rank must still be torn down and the run resumed.
-@pytest.mark.parametrize("config,model", [("zero2", "tiny"), ("ddp", "tiny"), ("zero3", "tiny-causal")])
-def test_injected_crash_resumes_to_the_same_weights(data, uninterrupted, tmp_path, monkeypatch, config, model):
-    run, _ = uninterrupted(config, model=model)
+def _same_end(run: Path, other: Path) -> None:
+    a, b = _weights(run, "step-00000020"), _weights(other, "step-00000020")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _meta(other, "step-00000020")["reader"] == _meta(run, "step-00000020")["reader"]
+
+
+# A rank dies after step 15 and Ray Train's group is restarted from step 10's checkpoint. Stage 0
+# (ddp) is the hard case: it averages through DeepSpeed's shared-memory all-reduce, whose waits
+# have no timeout, so the surviving rank must still be torn down.
+def test_injected_crash_resumes_to_the_same_weights(data, uninterrupted, tmp_path, monkeypatch):
+    run, _ = uninterrupted("ddp")
     monkeypatch.setenv(FAULT_ENV, "1:15")
     crashed = tmp_path / "crashed"
-    resumed_metrics = _train(data, crashed, ds_config=f"ds_configs/{config}.json", max_failures=1, model=model)
+    resumed_metrics = _train(data, crashed, ds_config="ds_configs/ddp.json", max_failures=1)
     assert (crashed / ".fault-injected-1-15").exists()
     assert [m["step"] for m in resumed_metrics] == [5, 10, 15, 20]  # steps 11..15 redone, logged once
-    a, b = _weights(run, "step-00000020"), _weights(crashed, "step-00000020")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _meta(crashed, "step-00000020")["reader"] == _meta(run, "step-00000020")["reader"]
+    _same_end(run, crashed)
+
+
+# The other stages' sharded checkpoints resume exactly too: the finished run set back to step 10
+# (as a crash after it leaves it) and run again. One Ray Train run each, not a crash and a restart.
+@pytest.mark.parametrize("config,model", [("zero2", "tiny"), ("zero3", "tiny-causal")])
+def test_a_run_set_back_to_a_checkpoint_ends_with_the_same_weights(data, uninterrupted, tmp_path, config, model):
+    run, _ = uninterrupted(config, model=model)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-00000020")
+    (resumed / "checkpoints" / "latest").write_text("step-00000010")
+    metrics = _train(data, resumed, ds_config=f"ds_configs/{config}.json", model=model)
+    assert [m["step"] for m in metrics] == [5, 10, 15, 20]  # steps 11..20 redone, logged once
+    _same_end(run, resumed)
 
 
 def test_resume_on_another_world_size(data, baseline, tmp_path):
