@@ -279,7 +279,8 @@ def stage_ops(work: str, model_name: str, batch: int, ds: str, settings: str) ->
     process, fp32 on CPU), split into the model's forward and backward and the rest (see
     angel_dist/train/opcount.py). `settings`: `strategy` (the project's: the strategy's gradient
     path where it owns one, fused AdamW) or `deepspeed` (DeepSpeed's own per-parameter stage-0
-    path, torch's AdamW one tensor at a time)."""
+    path, torch's AdamW one tensor at a time) or `noncontiguous` (the project's, with ZeRO's
+    `contiguous_gradients` off: no copy of each gradient into a contiguous bucket)."""
     import socket
 
     import torch.distributed as dist
@@ -299,7 +300,9 @@ def stage_ops(work: str, model_name: str, batch: int, ds: str, settings: str) ->
     config = ds_config(ROOT / "ds_configs" / f"{ds}.json", batch, 1, 1.0, 3e-5, 0.01, on_gpu=False)
     if settings == "deepspeed":
         config["optimizer"]["params"]["fused"] = False
-    counts = step_op_counts(load_model(model_name, tok).train(), next(batches), config, settings == "strategy")
+    if settings == "noncontiguous":
+        config["zero_optimization"]["contiguous_gradients"] = False
+    counts = step_op_counts(load_model(model_name, tok).train(), next(batches), config, settings != "deepspeed")
     return {"model": model_name, "micro_batch": batch, "ds_config": ds, "settings": settings, **counts}
 
 
@@ -348,9 +351,11 @@ def main() -> None:
         return
     if args.part in ("all", "ops"):
         # The engine's settings before issue 22 (DeepSpeed's own stage-0 path) and now, side by
-        # side; ZeRO-2, whose gradients DeepSpeed partitions through per-parameter hooks, beside them.
+        # side; ZeRO-2, whose gradients DeepSpeed partitions through per-parameter hooks, beside them,
+        # as shipped and with its contiguous gradient buckets off.
         report["ops_per_step"] = {f"{ds}_{settings}": run_stage("ops", work, args.ops_model, args.ops_batch, ds, settings)
-                                  for ds, settings in (("ddp", "deepspeed"), ("ddp", "strategy"), ("zero2", "strategy"))}
+                                  for ds, settings in (("ddp", "deepspeed"), ("ddp", "strategy"), ("zero2", "strategy"),
+                                                       ("zero2", "noncontiguous"))}
         if args.part == "ops":
             print(json.dumps(report, indent=2))
             return
