@@ -264,6 +264,17 @@ def test_a_run_directory_refuses_another_recipe(tmp_path):
         RunState(tmp_path, asdict(b), b.fingerprint())
 
 
+def test_a_key_added_later_keeps_older_run_directories_at_its_default():
+    import hashlib
+    from dataclasses import asdict
+
+    recipe = load_recipe(None)
+    before = asdict(recipe)  # the recipe as it was written before mine.temperature existed
+    del before["seeds"], before["mine"]["temperature"]
+    assert recipe.fingerprint() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert load_recipe(None, ["mine.temperature=0.7"]).fingerprint() != recipe.fingerprint()
+
+
 def test_holdout_takes_synonyms_out_of_the_kb():
     kb = pa.table({"cui": ["A", "B", "C"], "names": [["a", "a1", "a2", "a3"], ["b", "shared"], ["c", "shared", "c1"]]})
     table, dev, test = hold_out(kb, 1.0, seed=0)

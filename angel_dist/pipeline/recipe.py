@@ -186,11 +186,18 @@ class Recipe:
         """What a run directory was made with. `seeds` is left out: it only adds stages (each seed's
         rounds and baseline, under their own names, and the summary) and changes none that runs
         without it, so adding seeds to a finished run runs just those; and runs made before the key
-        existed keep their fingerprint."""
+        existed keep their fingerprint. So do keys added later (_LATER_DEFAULTS) at their default."""
         data = asdict(self)
         del data["seeds"]
+        for (section, key), default in _LATER_DEFAULTS.items():
+            if data[section][key] == default:
+                del data[section][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
+
+# Keys added after run directories existed, left out of the fingerprint at their default (what a
+# run made before the key existed ran with), so that such a run resumes under the new code.
+_LATER_DEFAULTS = {("mine", "temperature"): 1.0}
 
 # Sections of TrainConfig settings (dotted path: the objective they train with).
 _TRAIN_SECTIONS = {"pretrain": "nll", "finetune": "nll", "pretrain_rounds.train": "dpo", "finetune_rounds.train": "dpo"}
