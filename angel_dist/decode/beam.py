@@ -189,8 +189,8 @@ class BeamSearch:
             A = len(active)
             tokens, children, valid = trie.children(states)  # [rows, D]: D edges per beam at most
             D = tokens.shape[1]
-            if self.temperature != 1.0:
-                logits = logits.float() / self.temperature
+            if self.temperature != 1.0:  # in place, as log_normalizer_ works: no second [rows, V] table
+                logits = logits.float().div_(self.temperature)
             picked = logits.gather(1, tokens).float()
             cand = torch.where(valid, logp[:, None] + picked - log_normalizer_(logits)[:, None], -torch.inf)
             ends = children >= trie.n_internal
