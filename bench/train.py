@@ -278,8 +278,8 @@ def stage_ops(work: str, model_name: str, batch: int, ds: str, settings: str) ->
     """aten operations one optimizer step of one engine rank dispatches (world size 1 in this
     process, fp32 on CPU), split into the model's forward and backward and the rest (see
     angel_dist/train/opcount.py). `settings`: `strategy` (the project's: the strategy's gradient
-    path where it owns one, fused AdamW) or `deepspeed` (DeepSpeed's own per-parameter stage-0
-    path, torch's AdamW one tensor at a time) or `noncontiguous` (the project's, with ZeRO's
+    path where it owns one, fused AdamW) or `deepspeed` (DeepSpeed's own per-parameter stage-0 or
+    -1 path, torch's AdamW one tensor at a time) or `noncontiguous` (the project's, with ZeRO's
     `contiguous_gradients` off: no copy of each gradient into a contiguous bucket)."""
     import socket
 
@@ -350,11 +350,12 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     if args.part in ("all", "ops"):
-        # The engine's settings before issue 22 (DeepSpeed's own stage-0 path) and now, side by
-        # side; ZeRO-2, whose gradients DeepSpeed partitions through per-parameter hooks, beside them,
-        # as shipped and with its contiguous gradient buckets off.
+        # Stage 0 and 1 on DeepSpeed's own paths (stage 0's as before issue 22) and on the
+        # strategy's, side by side; ZeRO-2, whose gradients DeepSpeed partitions through
+        # per-parameter hooks, beside them, as shipped and with its contiguous gradient buckets off.
         report["ops_per_step"] = {f"{ds}_{settings}": run_stage("ops", work, args.ops_model, args.ops_batch, ds, settings)
-                                  for ds, settings in (("ddp", "deepspeed"), ("ddp", "strategy"), ("zero2", "strategy"),
+                                  for ds, settings in (("ddp", "deepspeed"), ("ddp", "strategy"), ("zero1", "deepspeed"),
+                                                       ("zero1", "strategy"), ("zero2", "strategy"),
                                                        ("zero2", "noncontiguous"))}
         if args.part == "ops":
             print(json.dumps(report, indent=2))

@@ -130,9 +130,9 @@ def test_gradient_work_takes_the_same_operations_for_10_or_200_parameters(world)
     assert ops(10) == ops(200) <= 12
 
 
-def _engine_steps(rank: int, port: int, out) -> None:
+def _engine_steps(rank: int, port: int, name: str, out) -> None:
     """One rank: the same tiny BART and batch stepped three times by the strategy's own gradient
-    path and by DeepSpeed's (stage 0, fp32), operations counted on the third step."""
+    path and by DeepSpeed's (ds_configs/{name}.json, fp32), operations counted on the third step."""
     from transformers import BartConfig, BartForConditionalGeneration
 
     from angel_dist.train.opcount import step_op_counts
@@ -152,17 +152,20 @@ def _engine_steps(rank: int, port: int, out) -> None:
             model = BartForConditionalGeneration(BartConfig(
                 vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
-            config = ds_config(Path(__file__).parents[1] / "ds_configs" / "ddp.json", 2, 1, 1e-3, 1e-2, 0.01, False)
+            config = ds_config(Path(__file__).parents[1] / "ds_configs" / f"{name}.json", 2, 1, 1e-3, 1e-2, 0.01, False)
             config["optimizer"]["params"]["fused"] = own
             out[own] = step_op_counts(model, batch, config, own_gradients=own), model.state_dict()
     finally:
         dist.destroy_process_group()
 
 
-def test_an_engine_step_outside_forward_and_backward_takes_few_operations_and_trains_as_deepspeed():
+# Stage 0 averages in angel_dist/train/grad_reduce.py; stage 1 partitions the optimizer in
+# angel_dist/train/partitioned_adamw.py (several ranks: tests/test_partitioned_adamw.py).
+@pytest.mark.parametrize("name", ["ddp", "zero1"])
+def test_an_engine_step_outside_forward_and_backward_takes_few_operations_and_trains_as_deepspeed(name):
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_engine_steps, args=(free_port(), out), nprocs=1)
+        mp.spawn(_engine_steps, args=(free_port(), name, out), nprocs=1)
         (ours, weights), (deepspeed, theirs) = out[True], out[False]
     assert ours["forward_backward"] == deepspeed["forward_backward"]
     assert ours["rest_over_forward_backward"] <= 0.1 < deepspeed["rest_over_forward_backward"]

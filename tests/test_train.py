@@ -146,14 +146,15 @@ def test_nll_loss_falls(request, run_of, drop):
 
 # ZeRO-3 without offload trains in test_accumulated_micro_batches_train_like_stage0 (each run of
 # Ray Train costs the suite ~20 s, most of it the ranks' imports).
-@pytest.mark.parametrize("config", ["ddp", "zero3_offload"])
+@pytest.mark.parametrize("config", ["ddp", "zero3_offload", "zero1"])
 def test_other_stages_train_like_zero2(baseline, uninterrupted, config):
     _, zero2 = baseline
     _, other = uninterrupted(config)
     assert other[-1]["loss"] < other[0]["loss"] - 0.3
     # Same data, seeds and arithmetic: only the partitioning of states (ZeRO-3), where they live
     # and which Adam updates them (offload: DeepSpeed's CPU Adam, built with gcc on first use) or
-    # the path that averages gradients (stage 0: angel_dist/train/grad_reduce.py) differs.
+    # the path that averages gradients (stage 0: angel_dist/train/grad_reduce.py; stage 1, whose
+    # moments the strategy partitions: angel_dist/train/partitioned_adamw.py) differs.
     assert [m["loss"] for m in other] == pytest.approx([m["loss"] for m in zero2], abs=1e-3)
 
 
@@ -189,7 +190,7 @@ def test_injected_crash_resumes_to_the_same_weights(data, uninterrupted, tmp_pat
 
 # The other stages' sharded checkpoints resume exactly too: the finished run set back to step 10
 # (as a crash after it leaves it) and run again. One Ray Train run each, not a crash and a restart.
-@pytest.mark.parametrize("config,model", [("zero2", "tiny"), ("zero3", "tiny-causal")])
+@pytest.mark.parametrize("config,model", [("zero2", "tiny"), ("zero3", "tiny-causal"), ("zero1", "tiny")])
 def test_a_run_set_back_to_a_checkpoint_ends_with_the_same_weights(data, uninterrupted, tmp_path, config, model):
     run, _ = uninterrupted(config, model=model)
     resumed = tmp_path / "resumed"
@@ -201,17 +202,22 @@ def test_a_run_set_back_to_a_checkpoint_ends_with_the_same_weights(data, uninter
     _same_end(run, resumed)
 
 
-def test_resume_on_another_world_size(data, baseline, tmp_path):
-    run, _ = baseline
+# DeepSpeed's ZeRO-2 checkpoint goes through its universal conversion; the strategy's ZeRO-1 reads
+# the slices it needs from the saved ones (tests/test_partitioned_adamw.py checks the values).
+@pytest.mark.parametrize("config", ["zero2", "zero1"])
+def test_resume_on_another_world_size(data, uninterrupted, tmp_path, config):
+    run, _ = uninterrupted(config)
+    converts = config == "zero2"
     two_to_one = tmp_path / "two-to-one"
     shutil.copytree(run, two_to_one)
-    _train(data, two_to_one, workers=1, max_steps=25, save_every=5)
-    assert (two_to_one / "checkpoints" / "step-00000020.universal").is_dir()
+    _train(data, two_to_one, workers=1, max_steps=25, save_every=5, ds_config=f"ds_configs/{config}.json")
+    assert (two_to_one / "checkpoints" / "step-00000020.universal").is_dir() == converts
     meta = _meta(two_to_one, "step-00000025")
     assert meta["world_size"] == 1 and meta["reader"]["consumed"] == 20 * 16 + 5 * 8
     # And back to two ranks, each accumulating two micro-batches.
-    metrics = _train(data, two_to_one, workers=2, max_steps=30, save_every=5, grad_accum=2)
-    assert (two_to_one / "checkpoints" / "step-00000025.universal").is_dir()
+    metrics = _train(data, two_to_one, workers=2, max_steps=30, save_every=5, grad_accum=2,
+                     ds_config=f"ds_configs/{config}.json")
+    assert (two_to_one / "checkpoints" / "step-00000025.universal").is_dir() == converts
     meta = _meta(two_to_one, "step-00000030")
     assert meta["world_size"] == 2 and meta["reader"]["consumed"] == 20 * 16 + 5 * 8 + 5 * 2 * 16
     assert metrics[-1]["step"] == 30 and math.isfinite(metrics[-1]["loss"])
@@ -383,18 +389,22 @@ def test_rng_and_metrics_files_are_json_and_a_crafted_one_is_named(baseline, tmp
     assert not (tmp_path / "marker").exists()
 
 
-def _train_cli(data, out, workers: int, steps: int) -> list[str]:
+def _train_cli(data, out, workers: int, steps: int, config: str = "zero2") -> list[str]:
     return ["train", "--data", str(data / "examples"), "--tokenizer", str(data / "tok"), "--out", str(out),
-            "--workers", str(workers), "--quiet", *[f"--set={k}={v}" for k, v in {**STEPS, "max_steps": steps}.items()]]
+            "--workers", str(workers), "--ds-config", f"ds_configs/{config}.json", "--quiet",
+            *[f"--set={k}={v}" for k, v in {**STEPS, "max_steps": steps}.items()]]
 
 
-def test_resume_refuses_a_crafted_checkpoint_file(data, baseline, tmp_path, capsys):
+# DeepSpeed's ZeRO-2 files, and the slices of the strategy's ZeRO-1.
+@pytest.mark.parametrize("config,rel", [("zero2", "zero_pp_rank_1_mp_rank_00_optim_states.pt"),
+                                        ("zero1", "optimizer-partition-00001.pt")])
+def test_resume_refuses_a_crafted_checkpoint_file(data, uninterrupted, tmp_path, capsys, config, rel):
     from angel_dist.cli import main
 
     run = tmp_path / "run"
-    shutil.copytree(baseline[0], run)
-    planted = _plant(run, "checkpoints/step-00000020/zero_pp_rank_1_mp_rank_00_optim_states.pt", tmp_path / "marker")
-    assert main(_train_cli(data, run, workers=2, steps=25)) == 2
+    shutil.copytree(uninterrupted(config)[0], run)
+    planted = _plant(run, f"checkpoints/step-00000020/{rel}", tmp_path / "marker")
+    assert main(_train_cli(data, run, workers=2, steps=25, config=config)) == 2
     assert planted in capsys.readouterr().err and not (tmp_path / "marker").exists()
     assert (run / "checkpoints" / "latest").read_text() == "step-00000020"
 

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 
-def _clip_scale(total_norm: torch.Tensor, clip: float) -> torch.Tensor:
+def clip_scale(total_norm: torch.Tensor, clip: float) -> torch.Tensor:
     """What gradients of `total_norm` are multiplied by so theirs is at most `clip` (DeepSpeed's and
     torch's rule: clip / (norm + 1e-6), at most 1); a tensor, so the host never waits for the norm."""
     return (clip / (total_norm + 1e-6)).clamp_(max=1.0)
@@ -35,7 +35,7 @@ def clip_gradients(params: list[torch.nn.Parameter], clip: float) -> None:
     if clip <= 0 or not grads:
         return
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, _clip_scale(total, clip))
+    torch._foreach_mul_(grads, clip_scale(total, clip))
 
 
 class FlatGradients:
@@ -78,5 +78,5 @@ class FlatGradients:
         scale = 1.0 / self.world
         if clip > 0:
             # The mean's norm is the sum's over world size; one multiply then both averages and clips.
-            scale = _clip_scale(torch.linalg.vector_norm(self.buffer) * scale, clip) * scale
+            scale = clip_scale(torch.linalg.vector_norm(self.buffer) * scale, clip) * scale
         self.buffer.mul_(scale)

@@ -2,7 +2,8 @@
 
 Each (re)start takes as many ranks as the live nodes can host, between the run's MIN and MAX
 workers; a failed rank or a lost node ends that start, and the next resumes from the last
-checkpoint (on another world size through DeepSpeed's universal checkpoint), up to
+checkpoint (on another world size through DeepSpeed's universal checkpoint where ZeRO-2 or 3
+saved it), up to
 `max_failures` times. When the live nodes cannot host MIN workers, it waits for capacity,
 saying so, for at most `capacity_timeout` seconds.
 

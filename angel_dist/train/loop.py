@@ -2,7 +2,7 @@
 
 Resume is automatic: a rank that finds `checkpoints/latest` loads it (DeepSpeed's sharded
 state, the reader position, the step, its RNG state) and goes on; when the world size
-differs from the one that saved, rank 0 first converts the checkpoint to DeepSpeed's
+differs from the one that saved, rank 0 first converts a DeepSpeed ZeRO checkpoint to DeepSpeed's
 universal format, which any world size loads. The reader position is a count of samples
 consumed, valid for any world size (see angel_dist/shards/reader.py).
 """
@@ -70,7 +70,8 @@ def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[s
     """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
     recorded checksums by rank 0, converted to universal on a world-size change. ZeRO stage 0
     (ddp.json) saves the whole model and optimizer state, which any world size loads as it is
-    (DeepSpeed's converter reads only ZeRO's partitioned optimizer states)."""
+    (DeepSpeed's converter reads only ZeRO's partitioned optimizer states); so do the slices of
+    the strategy's ZeRO-1 (angel_dist/train/partitioned_adamw.py)."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.train.grad_reduce import FlatGradients, clip_gradients
+from angel_dist.train.partitioned_adamw import PartitionedAdamW
 
 
 # DeepSpeed's shared-memory segment of a rank (deepspeed/ops/csrc/cpu/comm/shm.cpp names it so).
@@ -108,30 +109,53 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
 
 def owns_gradients(config: dict) -> bool:
     """Whether the strategy, not DeepSpeed, averages and clips the gradients under this engine
-    config: ZeRO stage 0 in fp32, which only averages gradients (angel_dist/train/grad_reduce.py
-    does it in a fixed number of operations; DeepSpeed per parameter). Mixed precision keeps fp32
-    gradients of its own, and ZeRO partitions them, so DeepSpeed reduces those."""
+    config: ZeRO stage 0 or 1 in fp32. Stage 0 only averages gradients (angel_dist/train/grad_reduce.py
+    does it in a fixed number of operations; DeepSpeed per parameter); stage 1 also partitions
+    AdamW's moments (angel_dist/train/partitioned_adamw.py; DeepSpeed reduces per parameter there
+    too). Mixed precision keeps fp32 gradients of its own, and stage 2 and 3 partition them, so
+    DeepSpeed reduces those."""
     mixed = any(config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
-    return config.get("zero_optimization", {}).get("stage", 0) == 0 and not mixed
+    return _stage(config) in (0, 1) and not mixed
+
+
+def _stage(config: dict) -> int:
+    return config.get("zero_optimization", {}).get("stage", 0)
+
+
+# The strategy's ZeRO-1 checkpoint: the whole model (the file and format DeepSpeed's stage 0
+# writes, which export reads) and each rank's slice of the optimizer's moments.
+_MODEL_STATES = "mp_rank_00_model_states.pt"
+_PARTITION = "optimizer-partition-{rank:05d}.pt"
 
 
 class DeepSpeedStrategy:
     def __init__(self, model: torch.nn.Module, config: dict, own_gradients: bool = True):
-        """`own_gradients=False` leaves even stage 0's gradients to DeepSpeed (its per-parameter
-        path; bench/train.py counts both)."""
+        """`own_gradients=False` leaves even stage 0's and 1's gradients to DeepSpeed (its
+        per-parameter path; bench/train.py counts both)."""
         import deepspeed
         import torch.distributed as dist
 
-        self.owned, self.clip, self.flat = own_gradients and owns_gradients(config), 0.0, None
+        self.owned, self.clip, self.flat, optimizer = own_gradients and owns_gradients(config), 0.0, None, None
+        self.partitioned = self.owned and _stage(config) == 1
         if self.owned:  # clipped here, after the average
             self.clip, config = config.get("gradient_clipping", 0.0), {**config, "gradient_clipping": 0.0}
+        if self.partitioned:
+            # DeepSpeed runs the model at stage 0 and steps this optimizer, which does ZeRO-1's work.
+            adam = config["optimizer"].get("params", {})
+            named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            config = {k: v for k, v in config.items() if k != "optimizer"} | {"zero_optimization": {"stage": 0}}
+
+            def optimizer(_):  # called once the engine has the model on its device, synced from rank 0
+                return PartitionedAdamW(named, dist.get_rank(), dist.get_world_size(), lr=adam.get("lr", 1e-3),
+                                        betas=tuple(adam.get("betas", (0.9, 0.999))), eps=adam.get("eps", 1e-8),
+                                        weight_decay=adam.get("weight_decay", 0.0), clip=self.clip)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                                                 config=config)
+                                                                 optimizer=optimizer, config=config)
         self.params = [p for p in self.engine.module.parameters() if p.requires_grad]
         if self.owned:
             # The engine's own switch for ranks that reduce elsewhere (its pipeline engine sets it too).
             self.engine.enable_backward_allreduce = False
-            if dist.get_world_size() > 1:
+            if dist.get_world_size() > 1 and not self.partitioned:
                 self.flat = FlatGradients(self.params, dist.get_world_size(), _shared_memory_all_reduce())
 
     @property
@@ -163,7 +187,7 @@ class DeepSpeedStrategy:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
-        if self.owned and self.engine.is_gradient_accumulation_boundary():
+        if self.owned and not self.partitioned and self.engine.is_gradient_accumulation_boundary():
             if self.flat is not None:
                 self.flat.all_reduce_mean(self.clip)
             else:
@@ -181,15 +205,64 @@ class DeepSpeedStrategy:
     def save(self, root: str | Path, tag: str) -> None:
         """Every rank writes its shards of model and optimizer state into root/tag. Our own state
         (step, reader, RNG) goes to JSON beside them, not into DeepSpeed's pickles."""
-        self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        if not self.partitioned:
+            self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+            return
+        import torch.distributed as dist
+
+        out = Path(root) / tag
+        out.mkdir(parents=True, exist_ok=True)
+        if dist.get_rank() == 0:
+            torch.save({"module": self.engine.module.state_dict()}, out / _MODEL_STATES)
+        torch.save(self.optimizer.partition_state(), out / _PARTITION.format(rank=dist.get_rank()))
 
     def load(self, root: str | Path, tag: str) -> None:
         from angel_dist.train.safe_load import weights_only_loads
 
+        if self.partitioned:
+            self._load_partitioned(Path(root) / tag)
+            return
         with weights_only_loads():
             path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_lr_scheduler_states=False)
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no checkpoint at {Path(root) / tag}")
+
+    def _load_partitioned(self, dir_: Path) -> None:
+        """The whole model, and this rank's slice of the moments from the slices of whatever world
+        size saved them (each file mapped, so a rank reads only the values it takes)."""
+        from angel_dist.errors import BadInputError
+
+        files = sorted(dir_.glob(_PARTITION.replace("{rank:05d}", "*")))
+        if not files or not (dir_ / _MODEL_STATES).exists():
+            raise BadInputError(dir_, None, f"expected the strategy's ZeRO-1 checkpoint ({_MODEL_STATES} and "
+                                            f"{_PARTITION.replace('{rank:05d}', '*')}); was it saved under "
+                                            f"another ds_config?")
+        model = _read_weights(dir_ / _MODEL_STATES, "the model's states", self.device)
+        try:
+            self.engine.module.load_state_dict(model["module"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise BadInputError(dir_ / _MODEL_STATES, None, f"does not fit the model: {type(e).__name__}: "
+                                                            f"{str(e)[:300]}") from None
+        parts = [_read_weights(f, "a slice of the optimizer's moments", "cpu", mmap=True) for f in files]
+        try:
+            self.optimizer.load_partitions(parts)
+        except ValueError as e:
+            raise BadInputError(dir_, None, str(e)) from None
+
+
+def _read_weights(path: Path, what: str, device, mmap: bool = False) -> dict:
+    """A torch.save'd dict of tensors and plain values through torch's restricted unpickler."""
+    import pickle
+
+    from angel_dist.errors import BadInputError
+
+    try:
+        value = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise BadInputError(path, None, f"expected {what}: {type(e).__name__}: {str(e)[:300]}") from None
+    if not isinstance(value, dict):
+        raise BadInputError(path, None, f"expected {what} as a dict, found {type(value).__name__}")
+    return value
 
 
 def to_universal(root: str | Path, tag: str) -> str:
