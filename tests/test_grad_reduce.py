@@ -130,9 +130,9 @@ def test_gradient_work_takes_the_same_operations_for_10_or_200_parameters(world)
     assert ops(10) == ops(200) <= 12
 
 
-def _engine_steps(rank: int, port: int, name: str, out) -> None:
+def _engine_steps(rank: int, port: int, name: str, bf16: bool, out) -> None:
     """One rank: the same tiny BART and batch stepped three times by the strategy's own gradient
-    path and by DeepSpeed's (ds_configs/{name}.json, fp32), operations counted on the third step."""
+    path and (fp32) by DeepSpeed's (ds_configs/{name}.json), operations counted on the third step."""
     from transformers import BartConfig, BartForConditionalGeneration
 
     from angel_dist.train.opcount import step_op_counts
@@ -147,13 +147,16 @@ def _engine_steps(rank: int, port: int, name: str, out) -> None:
              "decoder_ids": torch.randint(3, 64, (2, 6), generator=g), "decoder_mask": torch.ones(2, 6, dtype=torch.bool),
              "target_mask": torch.arange(6).expand(2, 6) >= 3}
     try:
-        for own in (True, False):
+        for own in (True,) if bf16 else (True, False):
             torch.manual_seed(0)
             model = BartForConditionalGeneration(BartConfig(
                 vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32))
             config = ds_config(Path(__file__).parents[1] / "ds_configs" / f"{name}.json", 2, 1, 1e-3, 1e-2, 0.01, False)
             config["optimizer"]["params"]["fused"] = own
+            if bf16:
+                config["bf16"] = {"enabled": True}
+                out["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
             out[own] = step_op_counts(model, batch, config, own_gradients=own), model.state_dict()
     finally:
         dist.destroy_process_group()
@@ -165,8 +168,19 @@ def _engine_steps(rank: int, port: int, name: str, out) -> None:
 def test_an_engine_step_outside_forward_and_backward_takes_few_operations_and_trains_as_deepspeed(name):
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_engine_steps, args=(free_port(), name, out), nprocs=1)
+        mp.spawn(_engine_steps, args=(free_port(), name, False, out), nprocs=1)
         (ours, weights), (deepspeed, theirs) = out[True], out[False]
     assert ours["forward_backward"] == deepspeed["forward_backward"]
     assert ours["rest_over_forward_backward"] <= 0.1 < deepspeed["rest_over_forward_backward"]
     assert all(torch.allclose(weights[k], theirs[k], rtol=1e-5, atol=1e-7) for k in weights)  # clip 1e-3 bites
+
+
+def test_a_bf16_zero1_step_keeps_bf16_parameters_in_few_operations():
+    # Its arithmetic against an fp32 master stepped by torch: tests/test_partitioned_adamw.py.
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_engine_steps, args=(free_port(), "zero1", True, out), nprocs=1)
+        (counts, weights), initial = out[True], out["initial"]
+    assert counts["rest_over_forward_backward"] <= 0.1
+    assert all(w.dtype == torch.bfloat16 and torch.isfinite(w).all() for w in weights.values())
+    assert not torch.allclose(weights["model.shared.weight"].float(), initial["model.shared.weight"])  # it trained

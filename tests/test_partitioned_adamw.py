@@ -1,8 +1,9 @@
 """The strategy's ZeRO-1 (angel_dist/train/partitioned_adamw.py) on 1, 2 and 3 ranks of one process
 (a thread each, gloo over loopback): its steps give the parameters torch's AdamW gives on the
-ranks' mean gradient, clipped as torch clips; its moments saved on one world size resume on
-another; a partition set that is not one whole state of this model is refused; and a step takes
-the same operations for 10 or 200 parameter tensors."""
+ranks' mean gradient, clipped as torch clips, also with bf16 parameters over an fp32 master; its
+moments (and master) saved on one world size resume on another; a partition set that is not one
+whole state of this model is refused; and a step takes the same operations for 10 or 200
+parameter tensors."""
 
 import datetime
 import threading
@@ -12,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from angel_dist.train.opcount import count_aten_ops
-from angel_dist.train.partitioned_adamw import Collectives, PartitionedAdamW
+from angel_dist.train.partitioned_adamw import Collectives, PartitionedAdamW, whole_master
 
 # Micro-batches per step and the clip of each step (0: none; the others are below the norms, so they bite).
 STEPS = (1, 2, 1, 1)
@@ -195,4 +196,61 @@ def test_a_step_takes_the_same_operations_for_10_or_200_parameters(world):
             p.grad = torch.ones_like(p)
         return count_aten_ops(opt.step)["dispatched"]
 
-    assert ops(10) == ops(200) <= (13 if world == 1 else 17)  # two ranks: the fake collectives add 4
+    assert ops(10) == ops(200) <= (14 if world == 1 else 18)  # two ranks: the fake collectives add 4
+
+
+def _bf16_reference(world: int) -> list[torch.Tensor]:
+    """An fp32 master stepped by torch's AdamW on the ranks' mean gradient, each rank's computed by
+    a bf16 copy of it and summed over micro-batches in fp32: the master after the last step. The
+    master starts from the bf16 model's values (as DeepSpeed's bf16 optimizer's does)."""
+    master = _model().to(torch.bfloat16).float()
+    opt = torch.optim.AdamW(master.parameters(), **OPTIM)
+    for step in range(len(STEPS)):
+        work = _model().to(torch.bfloat16)
+        work.load_state_dict(master.state_dict())
+        total = [torch.zeros_like(p) for p in master.parameters()]
+        for rank in range(world):
+            for m in range(STEPS[step]):
+                work.zero_grad(set_to_none=True)
+                _loss(work, rank, step, m).backward()
+                for t, p in zip(total, work.parameters()):
+                    if p.grad is not None:
+                        t += p.grad.float()
+        for p, t in zip(master.parameters(), total):
+            p.grad = t / world
+        if CLIPS[step]:
+            torch.nn.utils.clip_grad_norm_(master.parameters(), CLIPS[step])
+        opt.step()
+    return [p.detach().clone() for p in master.parameters()]
+
+
+def test_bf16_parameters_are_stepped_through_an_fp32_master_and_resume_from_it():
+    world = 2
+
+    def rank_main(rank, collectives):
+        model = _model().to(torch.bfloat16)
+        opt = _optimizer(model, rank, world, collectives)
+        for step in range(len(STEPS)):
+            for m in range(STEPS[step]):
+                _loss(model, rank, step, m).backward()
+                opt.accumulate()  # as the strategy does after each micro-batch
+            opt.clip = CLIPS[step]
+            opt.step()
+        return opt.partition_state(), {k: v.clone() for k, v in model.state_dict().items()}
+
+    results, expected = _on_ranks(world, rank_main), _bf16_reference(world)
+    master = whole_master([results[r][0] for r in range(world)], list(_model().named_parameters()))
+    assert list(master) == [name for name, _ in _model().named_parameters()]
+    for got, want in zip(master.values(), expected):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+    weights = results[0][1]
+    assert all(weights[k].dtype == torch.bfloat16 and torch.equal(weights[k], master[k].to(torch.bfloat16))
+               for k in master)  # the parameters are the master, rounded
+    # One rank resumes from the two slices: its master is the saved fp32 values, not the rounded weights.
+    model = _model().to(torch.bfloat16)
+    model.load_state_dict(weights)
+    opt = _optimizer(model, 0, 1, None)
+    opt.load_partitions([results[r][0] for r in range(world)])
+    assert torch.equal(opt.master[:opt.numel], torch.cat([v.flatten() for v in master.values()]))
+    fp32 = _model()
+    assert whole_master([_optimizer(fp32, 0, 1, None).partition_state()], list(fp32.named_parameters())) is None

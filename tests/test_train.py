@@ -255,8 +255,15 @@ def test_first_dpo_step_is_log2_with_reference_logps_from_the_same_weights(data,
     assert metrics[-1]["accuracy"] > 0.5
 
 
+@pytest.fixture(scope="module")
+def zero1(uninterrupted):
+    """The strategy's ZeRO-1: its own checkpoint format."""
+    return uninterrupted("zero1")
+
+
 @pytest.mark.parametrize("run_of,preset,auto_class", [("baseline", "tiny", "BartForConditionalGeneration"),
-                                                      ("causal", "tiny-causal", "AutoModelForCausalLM")])
+                                                      ("causal", "tiny-causal", "AutoModelForCausalLM"),
+                                                      ("zero1", "tiny", "BartForConditionalGeneration")])
 def test_export_round_trips_the_log_probs(request, data, tmp_path, run_of, preset, auto_class):
     import transformers
 

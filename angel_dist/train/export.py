@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.atomic import atomic_path
-from angel_dist.errors import read_json
+from angel_dist.errors import BadInputError, read_json
 from angel_dist.model import load_model, save_model
 from angel_dist.tokenizer import load_tokenizer
 from angel_dist.train import checkpoint as ckpt
@@ -18,7 +18,9 @@ from angel_dist.train import checkpoint as ckpt
 def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    from angel_dist.train.partitioned_adamw import whole_master
     from angel_dist.train.safe_load import weights_only_loads
+    from angel_dist.train.strategy import MODEL_STATES, PARTITION_FILE, read_weights
 
     run = Path(run_dir)
     root = run / "checkpoints"
@@ -32,8 +34,16 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
     with weights_only_loads():
         if any((root / tag).glob("zero_pp_rank_*")):
             state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-        else:  # ZeRO stage 0 (ddp.json): DeepSpeed saves the whole fp32 model, which zero_to_fp32 does not read
-            state = torch.load(root / tag / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+        else:  # stage 0 (ddp.json), the strategy's ZeRO-1: the whole model, which zero_to_fp32 does not read
+            state = torch.load(root / tag / MODEL_STATES, map_location="cpu")["module"]
+    partitions = sorted((root / tag).glob(PARTITION_FILE.replace("{rank:05d}", "*")))
+    if partitions:  # the strategy's ZeRO-1: a bf16 run's fp32 values are in its master's slices
+        try:
+            master = whole_master([read_weights(p, "a slice of the optimizer's moments", "cpu", mmap=True)
+                                   for p in partitions], list(model.named_parameters()))
+        except ValueError as e:
+            raise BadInputError(root / tag, None, str(e)) from None
+        state = {**state, **(master or {})}
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(model.state_dict()) - set(dict(model.named_parameters()))  # aliases of shared (tied) weights
     if set(missing) - tied or unexpected:

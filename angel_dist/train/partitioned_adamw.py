@@ -1,4 +1,4 @@
-"""ZeRO stage 1 in fp32, owned by the strategy: AdamW's moments partitioned over the ranks, and an
+"""ZeRO stage 1, owned by the strategy: AdamW's moments partitioned over the ranks, and an
 optimizer step whose operations do not grow with the number of parameter tensors.
 
 DeepSpeed's ZeRO-1/2 optimizer (0.19.8) reduces gradients through per-parameter hooks (a copy into
@@ -6,19 +6,24 @@ a bucket, another into the partition, a norm per parameter): for bart-large's 51
 aten operations a step outside forward and backward, 2.6 times those inside them, and none of its
 options removes them. Here the parameters are views of one flat buffer, padded to a multiple of the
 world size, and rank r owns its r-th equal slice: the AdamW moments of those values and their
-update. A step is a fixed handful of operations: one multi-tensor copy of the gradients into a flat
-buffer, one reduce-scatter (each rank receives the sum of its slice), one norm and one all-reduce
-of a scalar for the global norm, one multiply that averages and clips, one fused AdamW update of
-the slice, one all-gather of the slices into the parameters.
+update. Each micro-batch's gradients are added into one fp32 flat buffer (one multi-tensor add;
+autograd's tensors are then dropped), and a step is a fixed handful of operations: one
+reduce-scatter (each rank receives the sum of its slice), one norm and one all-reduce of a scalar
+for the global norm, one multiply that averages and clips, one fused AdamW update of the slice,
+one all-gather of the slices into the parameters.
 
-Memory is ZeRO-1's: every rank holds the whole gradient (twice while it is copied: autograd's
-tensors and the flat buffer) and 1 / world of the moments. fp32 only: under mixed precision the
-strategy leaves ZeRO to DeepSpeed.
+Parameters in bf16 are stepped through an fp32 master copy of the rank's slice, and gradients are
+accumulated and reduced in fp32, as DeepSpeed's bf16 optimizer does (fp16 would need loss
+scaling, which this does not do).
 
-A checkpoint holds each rank's slice of the moments with its bounds (`partition_state`); a run on
-another world size takes the values of its slice from whichever saved slices hold them
-(`load_partitions`), so a world-size change needs no conversion. Pure torch: the collectives are
-given by the caller, torch.distributed's by default.
+Memory is ZeRO-1's: every rank holds the whole fp32 gradient (with autograd's gradient of the
+micro-batch beside it while it is added) and 1 / world of the moments (and of the bf16 master).
+
+A checkpoint holds each rank's slice of the moments (and of the master) with its bounds
+(`partition_state`); a run on another world size takes the values of its slice from whichever
+saved slices hold them (`load_partitions`), so a world-size change needs no conversion;
+`whole_master` puts a bf16 run's fp32 values back together for export. Pure torch: the
+collectives are given by the caller, torch.distributed's by default.
 """
 
 from __future__ import annotations
@@ -59,8 +64,10 @@ class PartitionedAdamW(torch.optim.AdamW):
         params = [p for _, p in named_params]
         if not params:
             raise ValueError("no parameters to optimize")
-        if any(p.dtype != torch.float32 for p in params):
-            raise ValueError("the strategy's ZeRO-1 steps fp32 parameters only")
+        self.dtype = params[0].dtype
+        if self.dtype not in (torch.float32, torch.bfloat16) or any(p.dtype != self.dtype for p in params):
+            raise ValueError(f"the strategy's ZeRO-1 steps parameters all in fp32 or all in bf16, not "
+                             f"{sorted({str(p.dtype) for p in params})}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} outside a world of {world}")
         self.rank, self.world, self.clip = rank, world, clip
@@ -68,8 +75,8 @@ class PartitionedAdamW(torch.optim.AdamW):
         self.layout, self.numel = layout_of(named_params), sum(p.numel() for p in params)
         self.size = -(-self.numel // world)  # every rank's slice, the last one padded
         device = params[0].device
-        self.flat = torch.zeros(self.size * world, device=device)
-        self.grads = torch.zeros_like(self.flat)
+        self.flat = torch.zeros(self.size * world, dtype=self.dtype, device=device)
+        self.grads = torch.zeros(self.size * world, device=device)
         self.model_params, self.grad_views, offset = params, [], 0
         with torch.no_grad():
             for p in params:  # once, at set-up
@@ -78,29 +85,34 @@ class PartitionedAdamW(torch.optim.AdamW):
                 p.data = view
                 self.grad_views.append(self.grads[offset:offset + p.numel()].view_as(p))
                 offset += p.numel()
-        self.master = self.flat[self.rank * self.size:(self.rank + 1) * self.size]
+        self.own = self.flat[self.rank * self.size:(self.rank + 1) * self.size]
+        self.master = self.own if self.dtype == torch.float32 else self.own.float()
         # A lone rank's slice is the whole buffer; others receive their reduced slice apart (a
         # reduce-scatter's output may not overlap its input on every backend).
         self.master.grad = self.grads[:self.size] if world == 1 else torch.zeros(self.size, device=device)
         super().__init__([self.master], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """Average the ranks' gradients (a parameter without one counts as zeros), clip them to a
-        total 2-norm of `clip` (0: not clipped), update this rank's slice, gather every slice."""
-        if closure is not None:
-            raise ValueError("PartitionedAdamW takes no closure")
-        fresh, into, absent = [], [], []
+    def accumulate(self) -> None:
+        """Add the gradients autograd left in the parameters to the flat fp32 buffer and drop them
+        (after each micro-batch's backward; a step does it too)."""
+        fresh, into = [], []
         for p, view in zip(self.model_params, self.grad_views):
-            if p.grad is None:
-                absent.append(view)
-            else:
+            if p.grad is not None:
                 fresh.append(p.grad)
                 into.append(view)
+                p.grad = None
         if fresh:
-            torch._foreach_copy_(into, fresh)
-        if absent:
-            torch._foreach_zero_(absent)
+            torch._foreach_add_(into, fresh)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Average the ranks' accumulated gradients (a parameter without one counts as zeros),
+        clip them to a total 2-norm of `clip` (0: not clipped), update this rank's slice, gather
+        every slice, and start the next accumulation from zero."""
+        if closure is not None:
+            raise ValueError("PartitionedAdamW takes no closure")
+        self.accumulate()
         part = self.master.grad
         if self.world > 1:
             self.collectives.reduce_scatter(part, self.grads)
@@ -113,51 +125,91 @@ class PartitionedAdamW(torch.optim.AdamW):
             scale = clip_scale(squares.sqrt() * scale, self.clip) * scale
         part.mul_(scale)
         super().step()
+        if self.master is not self.own:
+            self.own.copy_(self.master)
         if self.world > 1:
-            self.collectives.all_gather(self.flat, self.master)
+            self.collectives.all_gather(self.flat, self.own)
+        self.grads.zero_()
 
     def partition_state(self) -> dict:
         """This rank's slice of the moments, with what a run of any world size needs to place it."""
         state = self.state.get(self.master, {})
         zeros = torch.zeros(self.size, device=self.master.device)
-        return {"layout": self.layout, "numel": self.numel, "world": self.world, "rank": self.rank,
+        part = {"layout": self.layout, "numel": self.numel, "world": self.world, "rank": self.rank,
                 "start": self.rank * self.size, "step": float(state["step"]) if state else 0.0,
                 "exp_avg": state.get("exp_avg", zeros).detach().cpu(),
                 "exp_avg_sq": state.get("exp_avg_sq", zeros).detach().cpu()}
+        if self.master is not self.own:  # fp32 parameters are saved whole with the model already
+            part["master"] = self.master.detach().cpu()
+        return part
 
     def load_partitions(self, parts: list[dict]) -> None:
-        """Take this rank's slice of the moments from the slices every rank of a saved run wrote
-        (`partition_state`, any world size). ValueError when they do not make one whole state of
-        this layout."""
-        keys = {"layout", "numel", "world", "rank", "start", "step", "exp_avg", "exp_avg_sq"}
-        if not parts:
-            raise ValueError("no optimizer partitions")
-        for part in parts:
-            if not isinstance(part, dict) or set(part) != keys:
-                raise ValueError(f"expected an optimizer partition with the keys {sorted(keys)}")
-            if not all(type(part[k]) is int for k in ("numel", "world", "rank", "start")) \
-                    or not isinstance(part["step"], float):
-                raise ValueError("expected integer bounds and a float step in every optimizer partition")
-        saved = parts[0]["world"]
-        if not isinstance(saved, int) or saved < 1 or sorted(p["rank"] for p in parts) != list(range(saved)):
-            raise ValueError(f"expected one optimizer partition per rank of the saved world, found ranks "
-                             f"{sorted(p['rank'] for p in parts)} of {saved}")
-        size = -(-self.numel // saved)
-        for part in parts:
-            if part["layout"] != self.layout or part["numel"] != self.numel:
-                raise ValueError(f"the optimizer partitions belong to other parameters (layout {part['layout']}, "
-                                 f"{part['numel']} values; this model: {self.layout}, {self.numel})")
-            if part["world"] != saved or part["start"] != part["rank"] * size or part["step"] != parts[0]["step"]:
-                raise ValueError("the optimizer partitions disagree on their world size, bounds or step")
-            if any(not isinstance(part[k], torch.Tensor) or part[k].dtype != torch.float32
-                   or part[k].shape != (size,) for k in ("exp_avg", "exp_avg_sq")):
-                raise ValueError(f"expected moments of {size} fp32 values in every optimizer partition")
+        """Take this rank's slice of the moments (and of the master, when saved: a bf16 run's) from
+        the slices every rank of a saved run wrote (`partition_state`, any world size), after the
+        model's parameters were loaded. ValueError when they do not make one whole state of this
+        layout."""
+        size = _check_parts(parts, self.layout, self.numel)
         lo, hi = self.rank * self.size, min((self.rank + 1) * self.size, self.numel)
-        state = {k: torch.zeros(self.size, device=self.master.device) for k in ("exp_avg", "exp_avg_sq")}
+        names = ("exp_avg", "exp_avg_sq", "master") if "master" in parts[0] else ("exp_avg", "exp_avg_sq")
+        state = {k: torch.zeros(self.size, device=self.master.device) for k in names}
         for part in parts:
             start, stop = max(lo, part["start"]), min(hi, part["start"] + size)
             if start < stop:
                 for k in state:
                     state[k][start - lo:stop - lo].copy_(part[k][start - part["start"]:stop - part["start"]])
+        if "master" in state:
+            # The saved fp32 values, not the model's rounded ones; every rank's parameters are then
+            # set from them (bf16: rounded once, as every step rounds them).
+            with torch.no_grad():
+                self.master[:hi - lo].copy_(state.pop("master")[:hi - lo])
+                if self.master is not self.own:
+                    self.own.copy_(self.master)
+                if self.world > 1:
+                    self.collectives.all_gather(self.flat, self.own)
         state["step"] = torch.tensor(float(parts[0]["step"]), dtype=torch.float32, device=self.master.device)
         self.state[self.master] = state
+
+
+def _check_parts(parts: list[dict], layout: str, numel: int) -> int:
+    """The slice size of a saved world whose partitions `parts` are, once they are checked to be one
+    whole state of this layout; ValueError otherwise."""
+    keys = {"layout", "numel", "world", "rank", "start", "step", "exp_avg", "exp_avg_sq"}
+    if not parts:
+        raise ValueError("no optimizer partitions")
+    for part in parts:
+        if not isinstance(part, dict) or set(part) - {"master"} != keys or ("master" in part) != ("master" in parts[0]):
+            raise ValueError(f"expected an optimizer partition with the keys {sorted(keys)} (and `master` in all or "
+                             f"none)")
+        if not all(type(part[k]) is int for k in ("numel", "world", "rank", "start")) \
+                or not isinstance(part["step"], float):
+            raise ValueError("expected integer bounds and a float step in every optimizer partition")
+    saved = parts[0]["world"]
+    if saved < 1 or sorted(p["rank"] for p in parts) != list(range(saved)):
+        raise ValueError(f"expected one optimizer partition per rank of the saved world, found ranks "
+                         f"{sorted(p['rank'] for p in parts)} of {saved}")
+    size = -(-numel // saved)
+    for part in parts:
+        if part["layout"] != layout or part["numel"] != numel:
+            raise ValueError(f"the optimizer partitions belong to other parameters (layout {part['layout']}, "
+                             f"{part['numel']} values; this model: {layout}, {numel})")
+        if part["world"] != saved or part["start"] != part["rank"] * size or part["step"] != parts[0]["step"]:
+            raise ValueError("the optimizer partitions disagree on their world size, bounds or step")
+        if any(not isinstance(part[k], torch.Tensor) or part[k].dtype != torch.float32 or part[k].shape != (size,)
+               for k in ("exp_avg", "exp_avg_sq", "master") if k in part):
+            raise ValueError(f"expected moments of {size} fp32 values in every optimizer partition")
+    return size
+
+
+def whole_master(parts: list[dict], named_params: list[tuple[str, torch.nn.Parameter]]) -> dict | None:
+    """The fp32 values of every parameter, by name, from a bf16 run's saved slices of the master
+    (None when they hold none: an fp32 run's model states are those values already)."""
+    numel = sum(p.numel() for _, p in named_params)
+    _check_parts(parts, layout_of(named_params), numel)
+    if "master" not in parts[0]:
+        return None
+    flat = torch.cat([part["master"] for part in sorted(parts, key=lambda part: part["rank"])])[:numel]
+    out, offset = {}, 0
+    for name, p in named_params:
+        out[name] = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return out

@@ -109,13 +109,14 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
 
 def owns_gradients(config: dict) -> bool:
     """Whether the strategy, not DeepSpeed, averages and clips the gradients under this engine
-    config: ZeRO stage 0 or 1 in fp32. Stage 0 only averages gradients (angel_dist/train/grad_reduce.py
-    does it in a fixed number of operations; DeepSpeed per parameter); stage 1 also partitions
-    AdamW's moments (angel_dist/train/partitioned_adamw.py; DeepSpeed reduces per parameter there
-    too). Mixed precision keeps fp32 gradients of its own, and stage 2 and 3 partition them, so
-    DeepSpeed reduces those."""
-    mixed = any(config.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
-    return _stage(config) in (0, 1) and not mixed
+    config: ZeRO stage 0 in fp32, stage 1 in fp32 or bf16. Stage 0 only averages gradients
+    (angel_dist/train/grad_reduce.py does it in a fixed number of operations; DeepSpeed per
+    parameter); stage 1 also partitions AdamW's moments, and keeps bf16 parameters' fp32 master
+    (angel_dist/train/partitioned_adamw.py; DeepSpeed reduces per parameter there too). Stage 0's
+    mixed precision (DeepSpeed's bf16 optimizer keeps fp32 gradients of its own), fp16 (loss
+    scaling) and stages 2 and 3 (which partition the gradients) stay DeepSpeed's."""
+    precision = next((k for k in ("bf16", "fp16") if config.get(k, {}).get("enabled")), "fp32")
+    return (_stage(config) == 0 and precision == "fp32") or (_stage(config) == 1 and precision != "fp16")
 
 
 def _stage(config: dict) -> int:
@@ -123,9 +124,9 @@ def _stage(config: dict) -> int:
 
 
 # The strategy's ZeRO-1 checkpoint: the whole model (the file and format DeepSpeed's stage 0
-# writes, which export reads) and each rank's slice of the optimizer's moments.
-_MODEL_STATES = "mp_rank_00_model_states.pt"
-_PARTITION = "optimizer-partition-{rank:05d}.pt"
+# writes, which export reads) and each rank's slice of the optimizer's moments (and bf16's master).
+MODEL_STATES = "mp_rank_00_model_states.pt"
+PARTITION_FILE = "optimizer-partition-{rank:05d}.pt"
 
 
 class DeepSpeedStrategy:
@@ -140,10 +141,14 @@ class DeepSpeedStrategy:
         if self.owned:  # clipped here, after the average
             self.clip, config = config.get("gradient_clipping", 0.0), {**config, "gradient_clipping": 0.0}
         if self.partitioned:
-            # DeepSpeed runs the model at stage 0 and steps this optimizer, which does ZeRO-1's work.
+            # DeepSpeed runs the model at stage 0 in the parameters' type (bf16 cast here, as its
+            # bf16 engine casts) and steps this optimizer, which does ZeRO-1's work.
             adam = config["optimizer"].get("params", {})
+            if config.get("bf16", {}).get("enabled"):
+                model = model.to(torch.bfloat16)
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-            config = {k: v for k, v in config.items() if k != "optimizer"} | {"zero_optimization": {"stage": 0}}
+            config = {k: v for k, v in config.items() if k not in ("optimizer", "bf16")} | {"zero_optimization":
+                                                                                            {"stage": 0}}
 
             def optimizer(_):  # called once the engine has the model on its device, synced from rank 0
                 return PartitionedAdamW(named, dist.get_rank(), dist.get_world_size(), lr=adam.get("lr", 1e-3),
@@ -187,7 +192,9 @@ class DeepSpeedStrategy:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
-        if self.owned and not self.partitioned and self.engine.is_gradient_accumulation_boundary():
+        if self.partitioned:  # into its fp32 buffer, whatever the parameters' type
+            self.optimizer.accumulate()
+        elif self.owned and self.engine.is_gradient_accumulation_boundary():
             if self.flat is not None:
                 self.flat.all_reduce_mean(self.clip)
             else:
@@ -213,8 +220,8 @@ class DeepSpeedStrategy:
         out = Path(root) / tag
         out.mkdir(parents=True, exist_ok=True)
         if dist.get_rank() == 0:
-            torch.save({"module": self.engine.module.state_dict()}, out / _MODEL_STATES)
-        torch.save(self.optimizer.partition_state(), out / _PARTITION.format(rank=dist.get_rank()))
+            torch.save({"module": self.engine.module.state_dict()}, out / MODEL_STATES)
+        torch.save(self.optimizer.partition_state(), out / PARTITION_FILE.format(rank=dist.get_rank()))
 
     def load(self, root: str | Path, tag: str) -> None:
         from angel_dist.train.safe_load import weights_only_loads
@@ -232,25 +239,25 @@ class DeepSpeedStrategy:
         size saved them (each file mapped, so a rank reads only the values it takes)."""
         from angel_dist.errors import BadInputError
 
-        files = sorted(dir_.glob(_PARTITION.replace("{rank:05d}", "*")))
-        if not files or not (dir_ / _MODEL_STATES).exists():
-            raise BadInputError(dir_, None, f"expected the strategy's ZeRO-1 checkpoint ({_MODEL_STATES} and "
-                                            f"{_PARTITION.replace('{rank:05d}', '*')}); was it saved under "
+        files = sorted(dir_.glob(PARTITION_FILE.replace("{rank:05d}", "*")))
+        if not files or not (dir_ / MODEL_STATES).exists():
+            raise BadInputError(dir_, None, f"expected the strategy's ZeRO-1 checkpoint ({MODEL_STATES} and "
+                                            f"{PARTITION_FILE.replace('{rank:05d}', '*')}); was it saved under "
                                             f"another ds_config?")
-        model = _read_weights(dir_ / _MODEL_STATES, "the model's states", self.device)
+        model = read_weights(dir_ / MODEL_STATES, "the model's states", self.device)
         try:
             self.engine.module.load_state_dict(model["module"])
         except (KeyError, TypeError, RuntimeError) as e:
-            raise BadInputError(dir_ / _MODEL_STATES, None, f"does not fit the model: {type(e).__name__}: "
+            raise BadInputError(dir_ / MODEL_STATES, None, f"does not fit the model: {type(e).__name__}: "
                                                             f"{str(e)[:300]}") from None
-        parts = [_read_weights(f, "a slice of the optimizer's moments", "cpu", mmap=True) for f in files]
+        parts = [read_weights(f, "a slice of the optimizer's moments", "cpu", mmap=True) for f in files]
         try:
             self.optimizer.load_partitions(parts)
         except ValueError as e:
             raise BadInputError(dir_, None, str(e)) from None
 
 
-def _read_weights(path: Path, what: str, device, mmap: bool = False) -> dict:
+def read_weights(path: Path, what: str, device, mmap: bool = False) -> dict:
     """A torch.save'd dict of tensors and plain values through torch's restricted unpickler."""
     import pickle
 
