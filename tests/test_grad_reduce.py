@@ -156,7 +156,8 @@ def _engine_steps(rank: int, port: int, name: str, bf16: bool, out) -> None:
             config["optimizer"]["params"]["fused"] = own
             if bf16:
                 config["bf16"] = {"enabled": True}
-                out["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
+                out["initial"] = {k: v.detach().clone() for k, v in model.named_parameters()}
+                out["buffers"] = [k for k, _ in model.named_buffers()]
             out[own] = step_op_counts(model, batch, config, own_gradients=own), model.state_dict()
     finally:
         dist.destroy_process_group()
@@ -180,7 +181,9 @@ def test_a_bf16_zero1_step_keeps_bf16_parameters_in_few_operations():
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_engine_steps, args=(free_port(), "zero1", True, out), nprocs=1)
-        (counts, weights), initial = out[True], out["initial"]
+        (counts, weights), initial, buffers = out[True], out["initial"], out["buffers"]
     assert counts["rest_over_forward_backward"] <= 0.1
-    assert all(w.dtype == torch.bfloat16 and torch.isfinite(w).all() for w in weights.values())
+    # Parameters in bf16; buffers (BART's final_logits_bias) stay fp32, as DeepSpeed's bf16 engine keeps them.
+    assert all(weights[k].dtype == torch.bfloat16 and torch.isfinite(weights[k]).all() for k in initial)
+    assert buffers and {weights[k].dtype for k in buffers} == {torch.float32}
     assert not torch.allclose(weights["model.shared.weight"].float(), initial["model.shared.weight"])  # it trained

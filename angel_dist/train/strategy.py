@@ -141,11 +141,13 @@ class DeepSpeedStrategy:
         if self.owned:  # clipped here, after the average
             self.clip, config = config.get("gradient_clipping", 0.0), {**config, "gradient_clipping": 0.0}
         if self.partitioned:
-            # DeepSpeed runs the model at stage 0 in the parameters' type (bf16 cast here, as its
-            # bf16 engine casts) and steps this optimizer, which does ZeRO-1's work.
+            # DeepSpeed runs the model at stage 0 in the parameters' type and steps this optimizer,
+            # which does ZeRO-1's work. bf16: the parameters are cast here, as DeepSpeed's bf16
+            # engine casts them; buffers (a Llama's rotary frequencies) stay fp32, as there.
             adam = config["optimizer"].get("params", {})
             if config.get("bf16", {}).get("enabled"):
-                model = model.to(torch.bfloat16)
+                for p in model.parameters():
+                    p.data = p.data.to(torch.bfloat16)
             named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
             config = {k: v for k, v in config.items() if k not in ("optimizer", "bf16")} | {"zero_optimization":
                                                                                             {"stage": 0}}
