@@ -2,7 +2,14 @@
 
   RUN/checkpoints/step-00000100/   DeepSpeed's sharded save (every rank's shards), one
                                    rng-rank{r}.json per rank, and meta.json: step, reader
-                                   position, world size, config, and the sha256 of every other file
+                                   position, world size, config, and the sha256 of every other file.
+                                   Under the strategy's ZeRO-1 (ds_configs/zero1.json) the shards
+                                   are its own: mp_rank_00_model_states.pt ({"module": the model's
+                                   state dict}, as DeepSpeed's stage 0 writes it) and one
+                                   optimizer-partition-RRRRR.pt per rank, a dict of layout (digest
+                                   of parameter names and shapes), numel, world, rank, start, step,
+                                   and the fp32 slices exp_avg, exp_avg_sq (and master for bf16
+                                   parameters) of the flat parameter vector from `start`
   RUN/checkpoints/latest           the newest complete tag, written last (DeepSpeed's format)
 
 A save goes to `step-N.tmp`; once every rank has written, rank 0 hashes and fsyncs its files,
