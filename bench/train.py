@@ -383,6 +383,9 @@ def main() -> None:
     report["engine_zero2_2w"] = run_stage("engine", work, m, 2, b, n // 2, "zero2")
     report["zero2_over_plain"] = report["engine_zero2_1w"]["tokens_per_s"] / report["plain_loop"]["tokens_per_s"]
     report["zero2_two_over_one"] = report["engine_zero2_2w"]["tokens_per_s"] / report["engine_zero2_1w"]["tokens_per_s"]
+    # The strategy's ZeRO-1 (its collectives through the shared-memory all-reduce on one node) beside them.
+    report["engine_zero1_2w"] = run_stage("engine", work, m, 2, b, n // 2, "zero1")
+    report["zero1_over_zero2_2w"] = report["engine_zero1_2w"]["tokens_per_s"] / report["engine_zero2_2w"]["tokens_per_s"]
     if not (work / "pairs" / "manifest.json").exists():
         run_stage("pairs", work)
     stored, live = (run_stage("dpo", work, m, b, n, flag) for flag in (False, True))

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from angel_dist.train.opcount import count_aten_ops
-from angel_dist.train.partitioned_adamw import Collectives, PartitionedAdamW, whole_master
+from angel_dist.train.partitioned_adamw import Collectives, PartitionedAdamW, collectives_from_all_reduce, whole_master
 
 # Micro-batches per step and the clip of each step (0: none; the others are below the norms, so they bite).
 STEPS = (1, 2, 1, 1)
@@ -60,8 +60,10 @@ def _reference(world: int, steps=range(len(STEPS))) -> list[list[torch.Tensor]]:
     return out
 
 
-def _on_ranks(world: int, fn) -> dict:
-    """fn(rank, collectives) on `world` threads, each a gloo rank bound to loopback; their results by rank."""
+def _on_ranks(world: int, fn, all_reduce_only: bool = False) -> dict:
+    """fn(rank, collectives) on `world` threads, each a gloo rank bound to loopback; their results
+    by rank. `all_reduce_only`: the collectives built from gloo's all-reduce alone, as the strategy
+    builds them from DeepSpeed's shared-memory all-reduce."""
     store, results, errors = dist.HashStore(), {}, []
 
     def rank_main(rank: int):
@@ -70,9 +72,12 @@ def _on_ranks(world: int, fn) -> dict:
             options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
             options._timeout = datetime.timedelta(seconds=60)
             pg = dist.ProcessGroupGloo(store, rank, world, options)
-            results[rank] = fn(rank, Collectives(lambda out, inp: pg._reduce_scatter_base(out, inp).wait(),
-                                                 lambda out, inp: pg._allgather_base(out, inp).wait(),
-                                                 lambda t: pg.allreduce([t]).wait()))
+            collectives = Collectives(lambda out, inp: pg._reduce_scatter_base(out, inp).wait(),
+                                      lambda out, inp: pg._allgather_base(out, inp).wait(),
+                                      lambda t: pg.allreduce([t]).wait())
+            if all_reduce_only:
+                collectives = collectives_from_all_reduce(collectives.all_reduce, rank)
+            results[rank] = fn(rank, collectives)
         except BaseException as e:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(e)
 
@@ -102,13 +107,13 @@ def _optimizer(model, rank: int, world: int, collectives) -> PartitionedAdamW:
     return PartitionedAdamW(list(model.named_parameters()), rank, world, collectives=collectives, **OPTIM)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_steps_give_torch_adamw_on_the_mean_gradient(world):
+@pytest.mark.parametrize("world,all_reduce_only", [(1, False), (2, False), (3, False), (3, True)])
+def test_steps_give_torch_adamw_on_the_mean_gradient(world, all_reduce_only):
     def rank_main(rank, collectives):
         model = _model()
         return _steps(model, _optimizer(model, rank, world, collectives), rank, range(len(STEPS)))
 
-    results, expected = _on_ranks(world, rank_main), _reference(world)
+    results, expected = _on_ranks(world, rank_main, all_reduce_only), _reference(world)
     for step, want in enumerate(expected):
         for rank in range(world):
             assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(results[rank][step], want)), \

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from angel_dist.train.grad_reduce import FlatGradients, clip_gradients
-from angel_dist.train.partitioned_adamw import PartitionedAdamW
+from angel_dist.train.partitioned_adamw import PartitionedAdamW, collectives_from_all_reduce
 
 
 # DeepSpeed's shared-memory segment of a rank (deepspeed/ops/csrc/cpu/comm/shm.cpp names it so).
@@ -152,10 +152,13 @@ class DeepSpeedStrategy:
             config = {k: v for k, v in config.items() if k not in ("optimizer", "bf16")} | {"zero_optimization":
                                                                                             {"stage": 0}}
 
+            shared = _shared_memory_all_reduce()
+
             def optimizer(_):  # called once the engine has the model on its device, synced from rank 0
                 return PartitionedAdamW(named, dist.get_rank(), dist.get_world_size(), lr=adam.get("lr", 1e-3),
                                         betas=tuple(adam.get("betas", (0.9, 0.999))), eps=adam.get("eps", 1e-8),
-                                        weight_decay=adam.get("weight_decay", 0.0), clip=self.clip)
+                                        weight_decay=adam.get("weight_decay", 0.0), clip=self.clip,
+                                        collectives=shared and collectives_from_all_reduce(shared, dist.get_rank()))
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                                                  optimizer=optimizer, config=config)
         self.params = [p for p in self.engine.module.parameters() if p.requires_grad]
