@@ -20,7 +20,7 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
 
     from angel_dist.train.partitioned_adamw import whole_master
     from angel_dist.train.safe_load import weights_only_loads
-    from angel_dist.train.strategy import MODEL_STATES, PARTITION_FILE, read_weights
+    from angel_dist.train.strategy import MODEL_STATES, partition_files, read_weights
 
     run = Path(run_dir)
     root = run / "checkpoints"
@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
             state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
         else:  # stage 0 (ddp.json), the strategy's ZeRO-1: the whole model, which zero_to_fp32 does not read
             state = torch.load(root / tag / MODEL_STATES, map_location="cpu")["module"]
-    partitions = sorted((root / tag).glob(PARTITION_FILE.replace("{rank:05d}", "*")))
+    partitions = partition_files(root / tag)
     if partitions:  # the strategy's ZeRO-1: a bf16 run's fp32 values are in its master's slices
         try:
             master = whole_master([read_weights(p, "a slice of the optimizer's moments", "cpu", mmap=True)

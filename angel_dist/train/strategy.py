@@ -129,6 +129,11 @@ MODEL_STATES = "mp_rank_00_model_states.pt"
 PARTITION_FILE = "optimizer-partition-{rank:05d}.pt"
 
 
+def partition_files(dir_: Path) -> list[Path]:
+    """The strategy's ZeRO-1 optimizer partitions in checkpoint dir_, in rank order (none: another format)."""
+    return sorted(dir_.glob(PARTITION_FILE.replace("{rank:05d}", "*")))
+
+
 class DeepSpeedStrategy:
     def __init__(self, model: torch.nn.Module, config: dict, own_gradients: bool = True):
         """`own_gradients=False` leaves even stage 0's and 1's gradients to DeepSpeed (its
@@ -244,10 +249,10 @@ class DeepSpeedStrategy:
         size saved them (each file mapped, so a rank reads only the values it takes)."""
         from angel_dist.errors import BadInputError
 
-        files = sorted(dir_.glob(PARTITION_FILE.replace("{rank:05d}", "*")))
+        files = partition_files(dir_)
         if not files or not (dir_ / MODEL_STATES).exists():
             raise BadInputError(dir_, None, f"expected the strategy's ZeRO-1 checkpoint ({MODEL_STATES} and "
-                                            f"{PARTITION_FILE.replace('{rank:05d}', '*')}); was it saved under "
+                                            f"{PARTITION_FILE.format(rank=0)}, ...); was it saved under "
                                             f"another ds_config?")
         model = read_weights(dir_ / MODEL_STATES, "the model's states", self.device)
         try:
