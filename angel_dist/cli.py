@@ -220,7 +220,8 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True, nargs="+", help="shard set directories")
     tr.add_argument("--model", default="tiny", help="a preset (tiny, small, base, large), a model directory or a "
                                                      "cached HF name")
-    tr.add_argument("--tokenizer", required=True)
+    tr.add_argument("--tokenizer", default="", help="a tokenizer directory or cached name; default: the model's "
+                                                     "own when it is a checkpoint (a preset needs one)")
     tr.add_argument("--ds-config", default="ds_configs/zero2.json",
                     help="a DeepSpeed config; ds_configs/... is also found in the checkout or the install")
     tr.add_argument("--workers", default="1", help="ranks (Ray Train workers), or MIN,MAX: each (re)start takes "

@@ -25,11 +25,32 @@ MIN_VOCAB_SIZE = len(BART_SPECIAL_TOKENS) + 256 + 1  # the special tokens, every
 INFO_FILE = "angel_tokenizer.json"
 
 
+# A tokenizer's own files, one of which every saved tokenizer has. Without any, transformers 5
+# builds a tokenizer of the special tokens alone from a model's config (5 tokens for BART's).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt")
+
+
+def _has_tokenizer_files(name_or_dir: str | Path) -> bool:
+    if Path(name_or_dir).is_dir():
+        return any((Path(name_or_dir) / name).is_file() for name in TOKENIZER_FILES)
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return any(isinstance(try_to_load_from_cache(str(name_or_dir), name), str) for name in TOKENIZER_FILES)
+    except HFValidationError:  # neither a directory here nor a hub name
+        return False
+
+
 def load_tokenizer(name_or_dir: str | Path):
     """A fast HF tokenizer from a local directory or a name in the local HF cache."""
     from transformers import AutoTokenizer
 
     check_hf_directory(name_or_dir)
+    if not _has_tokenizer_files(name_or_dir):
+        raise ValueError(f"{name_or_dir!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) here or in "
+                         f"the local Hugging Face cache")
     try:  # never a download: a local directory or what the HF cache already holds
         with read_as(name_or_dir, "a tokenizer"):
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), local_files_only=True)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from angel_dist.cli import main
@@ -162,8 +163,10 @@ def test_angel_train_finds_ds_configs_from_any_working_directory(tmp_path, monke
     cfg = resolved(TrainConfig(data=["shards/x"], tokenizer="tok", out="runs/r"))  # `angel train`'s defaults
     assert Path(cfg.ds_config) == ROOT / "ds_configs" / "zero2.json"
     assert (Path(cfg.data[0]), Path(cfg.out), cfg.tokenizer) == (tmp_path / "shards/x", tmp_path / "runs/r", "tok")
-    cfg = resolved(TrainConfig(data=["x"], ds_config="ds_configs/ddp.json"))
+    cfg = resolved(TrainConfig(data=["x"], tokenizer="tok", ds_config="ds_configs/ddp.json"))
     assert Path(cfg.ds_config) == ROOT / "ds_configs" / "ddp.json"
+    with pytest.raises(ValueError, match="model tiny is a preset, built with the tokenizer it is given"):
+        resolved(TrainConfig(data=["x"]))
 
 
 def test_status_shows_the_running_training_stage_step_and_eta(tmp_path, capsys):

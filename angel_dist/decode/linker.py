@@ -107,9 +107,11 @@ class Linker:
             retain_freed_memory()  # each search step allocates [rows, vocabulary] logits anew
         self.trie = Trie.load(trie_dir)
         self.trie.check_tokenizer(self.fingerprint)
-        # bf16 where the GPU has it (as training), fp32 on CPU.
+        # bf16 where the GPU has it, read from the checkpoint as such, with fp32 buffers, as training
+        # runs it (so mining's reference log-probs are training's); fp32 on CPU.
         dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = load_model(model_dir, self.tokenizer).to(self.device, dtype).eval()
+        self.model = load_model(model_dir, self.tokenizer, dtype=dtype,
+                                tokenizer_name=tokenizer or model_dir).to(self.device).eval()
         table = self.trie.names()
         self._names, self._cuis = table["name"], table["cuis"]
         self.beams = beams

@@ -58,7 +58,9 @@ class MineConfig:
 
 def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: float, stop: Stop = "exact",
                 temperature: float = 1.0) -> dict:
-    return {"model_dir": str(model_dir), "trie_dir": str(trie), "beams": beams, "batch_size": batch_size,
+    # Absolute: actors on other nodes start in other working directories.
+    return {"model_dir": str(Path(model_dir).resolve()), "trie_dir": str(Path(trie).resolve()), "beams": beams,
+            "batch_size": batch_size,
             "device": "cuda" if gpus > 0 else "cpu", "stop": stop, "temperature": temperature}
 
 

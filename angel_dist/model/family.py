@@ -70,9 +70,9 @@ class Family:
         """A freshly initialized model of preset `name` with the tokenizer's vocabulary and ids."""
         raise NotImplementedError
 
-    def load(self, path: str):
-        """(model, loading info) from a local directory or the HF cache (transformers'
-        output_loading_info: the weights it found no tensor for are in `missing_keys`)."""
+    def load(self, path: str, dtype: torch.dtype):
+        """(model, loading info) from a local directory or the HF cache, its parameters in `dtype`
+        (transformers' output_loading_info: the weights it found no tensor for are in `missing_keys`)."""
         raise NotImplementedError
 
     def batch_ids(self, model, tokenizer) -> dict:
@@ -169,10 +169,11 @@ class Seq2Seq(Family):
             decoder_start_token_id=tokenizer.eos_token_id, forced_bos_token_id=None,
             forced_eos_token_id=tokenizer.eos_token_id, **self.presets[name]))
 
-    def load(self, path):
+    def load(self, path, dtype):
         from transformers import BartForConditionalGeneration
 
-        return BartForConditionalGeneration.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        return BartForConditionalGeneration.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                            output_loading_info=True)
 
     def batch_ids(self, model, tokenizer):
         return {"pad_id": tokenizer.pad_token_id, "decoder_start_id": _bare(model).config.decoder_start_token_id}
@@ -283,10 +284,10 @@ class Causal(Family):
             num_key_value_heads=shape["num_attention_heads"], bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **shape))
 
-    def load(self, path):
+    def load(self, path, dtype):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+        return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
                                                     output_loading_info=True)
 
     def batch_ids(self, model, tokenizer):

@@ -9,13 +9,16 @@ with AutoModelForCausalLM (the family's `load`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from angel_dist.errors import BadInputError
-from angel_dist.hf_files import check_hf_directory, read_as
+from angel_dist.hf_files import read_as
 from angel_dist.model.family import CAUSAL, FAMILIES, SEQ2SEQ, Family, family_of, family_of_preset
+from angel_dist.model.vocab import check_fits, load_config
 
 PRESETS: dict[str, dict] = {name: shape for family in FAMILIES for name, shape in family.presets.items()}
 
@@ -25,50 +28,57 @@ def model_family(spec: str | Path) -> Family:
     family = family_of_preset(str(spec))
     if family is not None:
         return family
-    from transformers import AutoConfig
-
-    check_hf_directory(spec)
-    try:
-        with read_as(spec, "a model"):
-            config = AutoConfig.from_pretrained(str(spec), local_files_only=True)
-    except BadInputError:
-        raise
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{spec!r} is not a preset ({', '.join(PRESETS)}), a model directory or a model in "
-                         f"the local Hugging Face cache: {e}") from None
-    return SEQ2SEQ if config.is_encoder_decoder else CAUSAL
+    return SEQ2SEQ if load_config(spec).is_encoder_decoder else CAUSAL
 
 
-def _ids(value) -> set:
-    return set(value) if isinstance(value, (list, tuple)) else {value}
-
-
-def load_model(spec: str | Path, tokenizer, seed: int = 0):
-    """A model from a preset name, a local directory or a cached HF name."""
+def load_model(spec: str | Path, tokenizer, seed: int = 0, dtype: torch.dtype = torch.float32,
+               zero3: dict | None = None, tokenizer_name: str | Path | None = None):
+    """A model from a preset name, a local directory or a cached HF name, its parameters in `dtype`
+    (floating buffers stay fp32, as DeepSpeed's mixed precision keeps them). A checkpoint is read
+    straight into `dtype` (transformers builds it empty, then fills it from the memory-mapped
+    safetensors), and with `zero3`, a DeepSpeed ZeRO-3 config, each rank materializes only its
+    partition (deepspeed.zero.Init): no process holds a full fp32 copy it does not need. A preset
+    is built whole from `seed` and cast. `tokenizer_name` (default: `spec` itself) is what
+    `check_fits` names: a tokenizer that is not the checkpoint's is refused."""
     family = model_family(spec)
     if str(spec) in family.presets:
         torch.manual_seed(seed)
         model = family.preset_model(str(spec), tokenizer)
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
     else:
+        config = load_config(spec)
+        check_fits(spec, tokenizer, tokenizer_name or spec, config)
         try:  # never a download: a local directory or what the HF cache already holds
-            with read_as(spec, f"a {family.name} model"):
-                model, info = family.load(str(spec))
+            with read_as(spec, f"a {family.name} model"), _zero3_loading(zero3):
+                model, info = family.load(str(spec), dtype)
         except OSError as e:
             raise ValueError(f"{spec!r}: cannot load it as a {family.name} model: {e}") from None
         if info["missing_keys"]:  # transformers would start these from random values, with a warning only
             missing = sorted(info["missing_keys"])
             raise BadInputError(spec, None, f"its weights lack {len(missing)} of the model's tensors "
                                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    vocab = model.get_input_embeddings().num_embeddings
-    if vocab < len(tokenizer):
-        raise ValueError(f"model {spec} has {vocab} token embeddings but the tokenizer has {len(tokenizer)} tokens; "
-                         "use the model's own tokenizer")
-    for name in ("pad_token_id", "eos_token_id"):
-        mine, theirs = getattr(model.config, name), getattr(tokenizer, name)
-        # A causal model's config may name no pad or several eos ids (chat models).
-        if mine is not None and theirs not in _ids(mine):
-            raise ValueError(f"model {spec} has {name}={mine}, the tokenizer {theirs}")
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            buffer.data = buffer.data.float()
     return model
+
+
+@contextmanager
+def _zero3_loading(config: dict | None) -> Iterator[None]:
+    """While transformers loads a checkpoint: with a ZeRO-3 `config`, the integration object whose
+    existence makes `from_pretrained` build the model under deepspeed.zero.Init and load each
+    partition in place (transformers keeps only a weak reference to it, hence the block)."""
+    if config is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep = HfDeepSpeedConfig(config)
+    try:
+        yield
+    finally:
+        del keep
 
 
 def save_model(model, tokenizer, directory: str | Path) -> None:

@@ -25,6 +25,7 @@ from angel_dist.corpus.mention_examples import Context, MentionInputConfig
 from angel_dist.decode.beam import Stop
 from angel_dist.kb.build import KbFormat, resolve_source
 from angel_dist.mine import MineConfig
+from angel_dist.model.vocab import check_pair, tokenizer_of
 from angel_dist.tokenizer import MIN_VOCAB_SIZE
 from angel_dist.train.config import TrainConfig
 from angel_dist.typed import ConfigError, NonNegativeInt, PositiveInt, Range, Share, check_fields
@@ -298,6 +299,13 @@ def check_inputs(recipe: Recipe) -> None:
     for key, path, kind in _inputs(recipe):
         if not (Path(path).expanduser().is_file() if kind == "file" else Path(path).expanduser().is_dir()):
             raise ConfigError(key, f"{path}: no such {kind}")
+    key = "tokenizer.path" if recipe.tokenizer.path else "model"
+    try:  # a checkpoint and the tokenizer it is used with belong together (model/vocab.py)
+        tokenizer = tokenizer_of(recipe.model, recipe.tokenizer.path)
+        if tokenizer is not None:
+            check_pair(recipe.model, tokenizer)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), inputs: bool = True) -> Recipe:

@@ -187,11 +187,14 @@ class Pipeline:
         return {**out, "fingerprint": meta["fingerprint"], "concepts": table.num_rows}
 
     def tokenizer(self, kb: str) -> dict:
+        """tokenizer.path, else the model's own when it is a checkpoint, else one trained on the KB."""
+        from angel_dist.model.vocab import located, tokenizer_of
         from angel_dist.tokenizer import train_tokenizer
 
         t = self.recipe.tokenizer
-        if t.path:
-            return {"tokenizer": t.path}
+        given = tokenizer_of(self.recipe.model, t.path)
+        if given is not None:
+            return {"tokenizer": located(given)}
         out = self.dir / "tokenizer"
         train_tokenizer(kb, t.vocab_size, out, progress=self.progress)
         return {"tokenizer": str(out)}

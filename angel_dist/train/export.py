@@ -29,7 +29,7 @@ def export_run(run_dir: str | Path, out: str | Path, tag: str | None = None) -> 
         raise FileNotFoundError(f"{run}: no checkpoint to export")
     config = read_json(run / "train_config.json", "the training configuration")
     tokenizer = load_tokenizer(config["tokenizer"])
-    model = load_model(config["model"], tokenizer)
+    model = load_model(config["model"], tokenizer, tokenizer_name=config["tokenizer"])
     ckpt.verified_meta(root, tag)
     with weights_only_loads():
         if any((root / tag).glob("zero_pp_rank_*")):

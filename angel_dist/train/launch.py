@@ -25,6 +25,7 @@ from pathlib import Path
 
 from angel_dist.atomic import write_json
 from angel_dist.errors import read_json
+from angel_dist.model.vocab import check_pair, located, tokenizer_of
 from angel_dist.ray_env import init_ray
 from angel_dist.resources import find_resource
 from angel_dist.train.config import TrainConfig
@@ -33,12 +34,18 @@ _POLL_S = 2.0  # how often a wait for capacity looks at the cluster again
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
-    """`cfg` with absolute paths, as ranks on any node and working directory need them;
-    `ds_configs/...` found in the checkout or the install as the pipeline finds it."""
+    """`cfg` with absolute paths, as ranks on any node and working directory need them (a local
+    model or tokenizer directory included; a preset or cached name stays a name); `ds_configs/...`
+    found in the checkout or the install as the pipeline finds it; the tokenizer a checkpoint
+    brings when none is given (a preset needs one)."""
+    tokenizer = tokenizer_of(cfg.model, cfg.tokenizer)
+    if tokenizer is None:
+        raise ValueError(f"model {cfg.model} is a preset, built with the tokenizer it is given: give one "
+                         f"(--tokenizer DIR)")
     return TrainConfig.from_dict({
         **cfg.to_dict(), "out": str(Path(cfg.out).resolve()), "data": [str(Path(d).resolve()) for d in cfg.data],
-        "ds_config": str(find_resource(cfg.ds_config).resolve()),
-        "tokenizer": str(Path(cfg.tokenizer).resolve()) if Path(cfg.tokenizer).exists() else cfg.tokenizer})
+        "ds_config": str(find_resource(cfg.ds_config).resolve()), "model": located(cfg.model),
+        "tokenizer": located(tokenizer)})
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
@@ -104,6 +111,7 @@ def run_training(cfg: TrainConfig) -> Path:
     from angel_dist.train.rendezvous import BoundRendezvousConfig
 
     cfg = resolved(cfg)
+    check_pair(cfg.model, cfg.tokenizer)  # before any rank starts, and before the run directory is made
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "train_config.json", cfg.to_dict())

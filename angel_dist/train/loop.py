@@ -149,7 +149,8 @@ def train_worker(loop_config: dict) -> None:
 
     from angel_dist.train.metrics import MetricsLog
     from angel_dist.train.progress import ProgressWriter
-    from angel_dist.train.strategy import DeepSpeedStrategy, ds_config, init_distributed
+    from angel_dist.train.strategy import (DeepSpeedStrategy, ds_config, init_distributed, loading_universal,
+                                           model_loading)
 
     # As many compute threads as CPUs this rank was given: Ray does not cap torch's pool, which
     # otherwise spans the whole machine, so ranks sharing a node would oversubscribe its cores.
@@ -163,7 +164,8 @@ def train_worker(loop_config: dict) -> None:
     root.mkdir(parents=True, exist_ok=True)
 
     tokenizer = load_tokenizer(cfg.tokenizer)
-    model = load_model(cfg.model, tokenizer, seed=cfg.seed)
+    engine = ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr, cfg.weight_decay, on_gpu)
+    model = load_model(cfg.model, tokenizer, seed=cfg.seed, tokenizer_name=cfg.tokenizer, **model_loading(engine))
     loader = ShardLoader(cfg.data, ReaderConfig(batch_size=cfg.batch_size, seed=cfg.seed,
                                                 shuffle_buffer=cfg.shuffle_buffer, bucket=cfg.bucket,
                                                 pad_to=tuple(cfg.pad_to_buckets)),
@@ -175,8 +177,7 @@ def train_worker(loop_config: dict) -> None:
         raise ValueError(f"objective {cfg.objective} trains on {want} shard sets; {cfg.data} holds {loader.kind}")
 
     tag, load, meta = _resume_plan(root, world, rank, cfg)
-    strategy = DeepSpeedStrategy(model, ds_config(cfg.ds_config, cfg.batch_size, cfg.grad_accum, cfg.clip, cfg.lr,
-                                                  cfg.weight_decay, on_gpu, universal=load != tag))
+    strategy = DeepSpeedStrategy(model, loading_universal(engine) if load != tag else engine)
     if cfg.compile:
         strategy.compile(len(cfg.pad_to_buckets) ** 2)
     step = 0

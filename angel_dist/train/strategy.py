@@ -79,7 +79,7 @@ def _shared_memory_all_reduce():
 
 
 def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, lr: float, weight_decay: float,
-              on_gpu: bool, universal: bool = False) -> dict:
+              on_gpu: bool) -> dict:
     """The JSON template of ds_configs/ filled with this run's batch, optimizer and precision."""
     config = json.loads(Path(path).read_text())
     config["train_micro_batch_size_per_gpu"] = micro_batch
@@ -102,9 +102,21 @@ def ds_config(path: str | Path, micro_batch: int, grad_accum: int, clip: float, 
     if not on_gpu and "zero_optimization" in config:
         # Overlapping gradient reduction with backward needs CUDA streams; on CPU it only adds copies.
         config["zero_optimization"]["overlap_comm"] = False
-    if universal:
-        config["checkpoint"] = {**config.get("checkpoint", {}), "load_universal": True}
     return config
+
+
+def loading_universal(config: dict) -> dict:
+    """`config` set to load a checkpoint converted to DeepSpeed's universal format."""
+    return {**config, "checkpoint": {**config.get("checkpoint", {}), "load_universal": True}}
+
+
+def model_loading(config: dict) -> dict:
+    """How to load the model an engine of `config` trains (load_model's arguments): its parameters
+    in the precision they train in, so no rank holds an fp32 copy of bf16 weights; under ZeRO-3, the
+    config zero.Init partitions a checkpoint with as it is read."""
+    precision = next((k for k in ("bf16", "fp16") if config.get(k, {}).get("enabled")), None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return {"dtype": dtype, "zero3": config if _stage(config) == 3 else None}
 
 
 def owns_gradients(config: dict) -> bool:
