@@ -3,7 +3,9 @@ index and manifest mutated (flipped, cut, inserted and duplicated bytes; index r
 dropped, reordered, retyped; tar members replaced, renamed, reordered, or joined by links,
 devices and stray samples; manifest fields removed, retyped or pointed elsewhere), sometimes
 with the index rebuilt and the manifest's hashes redone to vouch for the damage, as a crafted
-set would. Read through open_shard_sets + iter_shard, ShardLoader in error and skip modes and
+set would; half of them received as a set is (copied, mtimes kept) with a verification record
+(verified.json) that vouched for its files as they were where they were made. The clean sets
+carry a record of their own, which no copy may inherit. Read through open_shard_sets + iter_shard, ShardLoader in error and skip modes and
 inspect_shards, every outcome must be one of
   - the samples the files really hold: every listed shard read exactly as Python's tarfile
     reads its tar (same samples, in order, none dropped or repeated), which for files left
@@ -17,6 +19,7 @@ never another exception. The number of examples comes from the hypothesis profil
 import hashlib
 import io
 import json
+import os
 from collections import Counter, defaultdict
 import shutil
 import tarfile
@@ -28,11 +31,13 @@ import pytest
 from hypothesis import event, given, strategies as st
 
 from angel_dist.corpus.build import PretrainCorpusConfig, build_pretrain_corpus
+from angel_dist.digest import file_sha256
 from angel_dist.errors import BadInputError
 from angel_dist.pairs.shard_set import Pair, write_pair_set
 from angel_dist.shards.format import ID_FIELDS
 from angel_dist.shards.inspect import inspect_shards
 from angel_dist.shards.reader import ReaderConfig, ShardLoader, iter_shard, open_shard_sets
+from angel_dist.shards.verify import RECORD, VERIFIER, file_identity, verified_shard_sets
 from angel_dist.tokenizer import train_tokenizer
 from conftest import report_fuzz_outcomes
 from test_shards import rehash, synthetic_kb, tar_entries, write_entries
@@ -62,6 +67,8 @@ def sets(ray_local, tmp_path_factory):
     for name in ("examples", "pairs"):
         views = [_tar_view(p.read_bytes()) for p in sorted((d / name).glob("shard-*.tar"))]
         assert all(len(v) >= 3 and None not in v for v in views)  # something to reorder, drop and repeat
+        verified_shard_sets(d / name, progress=False)
+        assert (d / name / RECORD).exists()
         out[name] = d / name
     return out
 
@@ -410,6 +417,18 @@ def _vouch(d: Path, counts: bool) -> None:
         pass
 
 
+def _forge_record(d: Path) -> None:
+    """A verification record vouching for the listed tars as they now are, as whoever made the
+    set could write it where they made it."""
+    try:
+        names = [s["name"] for s in json.loads((d / MANIFEST).read_text())["shards"]]
+        shards = {n: dict(zip(("bytes", "mtime_ns", "ctime_ns"), file_identity(os.stat(d / n)))) for n in names}
+        (d / RECORD).write_text(json.dumps({"verifier": VERIFIER, "manifest_sha256": file_sha256(d / MANIFEST),
+                                            "shards": shards}))
+    except Exception:  # a manifest too damaged to name its tars, a listed file gone: the copied record stays
+        pass
+
+
 def _loads(fn, raw: bytes) -> bool:
     try:
         fn(io.BytesIO(raw)) if fn is np.load else fn(raw)
@@ -465,6 +484,10 @@ def test_shard_reader(sets, data):
         d = Path(tmp) / kind
         shutil.copytree(sets[kind], d)
         mutate(data, d)
+        if data.draw(st.booleans()):
+            _forge_record(d)
+            d = shutil.copytree(d, Path(tmp) / "received")
+            _note("received with a record vouching for it")
         shards = _outcome(lambda: open_shard_sets(d)[0], d)
         if shards is None:  # a manifest refused, or a listed file missing: so for every reader, skip mode too
             _note("set refused on opening")

@@ -158,6 +158,21 @@ def test_other_stages_train_like_zero2(baseline, uninterrupted, config):
     assert [m["loss"] for m in other] == pytest.approx([m["loss"] for m in zero2], abs=1e-3)
 
 
+# Each rank hashes the files it wrote (the strategy names them: angel_dist/train/strategy.py) and
+# rank 0 writes meta.json from their claims; a file no rank claimed would have failed the save.
+@pytest.mark.parametrize("config,model", [("ddp", "tiny"), ("zero1", "tiny"), ("zero2", "tiny"),
+                                          ("zero3", "tiny-causal"), ("zero3_offload", "tiny")])
+def test_meta_records_every_file_the_ranks_wrote_with_its_sha256(uninterrupted, config, model):
+    import hashlib
+
+    run, _ = uninterrupted(config, model=model)
+    for tag in ("step-00000010", "step-00000020"):
+        d = run / "checkpoints" / tag
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir() if p.name != "meta.json"}
+        assert _meta(run, tag)["files"] == files
+        assert {"rng-rank0.json", "rng-rank1.json"} < set(files) and len(files) > 2
+
+
 def test_accumulated_micro_batches_train_like_stage0(uninterrupted):
     # ZeRO-3 learns where an accumulation step ends from hooks the engine's forward registers (it
     # accumulated wrongly while the loop called the bare model); stage 0 accumulates in

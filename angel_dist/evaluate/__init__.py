@@ -51,7 +51,7 @@ def evaluate_sets(cfg: EvalConfig, sets: dict[str, str], outs: dict[str, str] | 
         raise ValueError(f"need 1 <= k <= beams, got k={cfg.k}, beams={cfg.beams}")
     jobs, owner, model_dir, trie = [], [], None, None
     for name, data in sets.items():
-        model_dir, _, trie, shards = search_inputs(cfg.model, cfg.trie, data)
+        model_dir, _, trie, shards = search_inputs(cfg.model, cfg.trie, data, cfg.progress)
         for shard in shards:
             jobs.append((len(jobs), shard))
             owner.append(name)

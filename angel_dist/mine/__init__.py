@@ -16,7 +16,8 @@ from angel_dist.atomic import atomic_path
 from angel_dist.decode.beam import Stop
 from angel_dist.mine.pool import run_pool
 from angel_dist.mine.work import FAULT_ENV, MineSettings
-from angel_dist.shards.reader import iter_shard, open_shard_sets
+from angel_dist.shards.reader import iter_shard
+from angel_dist.shards.verify import verified_shard_sets
 from angel_dist.shards.writer import ShardSetPlan, finish, prepare, read_manifest
 from angel_dist.typed import (ConfigError, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Share,
                               check_fields)
@@ -64,9 +65,10 @@ def linker_spec(model_dir: Path, trie: str, beams: int, batch_size: int, gpus: f
             "device": "cuda" if gpus > 0 else "cpu", "stop": stop, "temperature": temperature}
 
 
-def search_inputs(model: str, trie_dir: str, data: str):
+def search_inputs(model: str, trie_dir: str, data: str, progress: bool = True):
     """(model directory, tokenizer fingerprint, trie, example shards) for a search over `data`,
-    checking that the trie and the shards were built with the model's tokenizer."""
+    checking that the trie and the shards were built with the model's tokenizer; the shards
+    verified here, once for all actors (shards/verify.py)."""
     from angel_dist.tokenizer import load_tokenizer, tokenizer_fingerprint
     from angel_dist.train.export import model_directory
     from angel_dist.trie import Trie
@@ -75,7 +77,7 @@ def search_inputs(model: str, trie_dir: str, data: str):
     fingerprint = tokenizer_fingerprint(load_tokenizer(model_dir))
     trie = Trie.load(trie_dir)
     trie.check_tokenizer(fingerprint)
-    shards, kind = open_shard_sets(data, fingerprint)
+    shards, kind = verified_shard_sets(data, fingerprint, progress)  # once here, not by every actor
     if kind != "examples":
         raise ValueError(f"{data} holds {kind}; searches read example shards")
     return model_dir, fingerprint, trie, shards
@@ -86,7 +88,7 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
     `on_shard(result)` is called in the driver as each pair shard completes."""
     from angel_dist.train.export import model_fingerprint
 
-    model_dir, fingerprint, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data)
+    model_dir, fingerprint, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data, cfg.progress)
     data = read_manifest(cfg.data)
     settings = MineSettings(dpo_topk=cfg.dpo_topk, gold_fallback=cfg.gold_fallback, round=cfg.round,
                             fraction=cfg.fraction, seed=cfg.seed, chunk=cfg.chunk, chunks=cfg.chunks)
@@ -116,7 +118,7 @@ def write_trl_parquet(pair_set: str | Path) -> Path:
     log-probs of those completions, eos included, under the model that mined them (the one
     log-prob function). Also the pair's `key`, `source_key`, `context` and `prefix` (the prompt's
     two parts), gold `cuis`, beam ranks and `round`."""
-    shards, _ = open_shard_sets(pair_set)
+    shards, _ = verified_shard_sets(pair_set, progress=False)  # and recorded, for the training that reads it next
     rows = {k: [] for k in ("key", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps",
                             "source_key", "context", "prefix", "cuis", "chosen_rank", "rejected_rank", "round")}
     for shard in shards:

@@ -33,6 +33,7 @@ from angel_dist.errors import BadInputError, BadInputPolicy
 from angel_dist.keys import hash_permutation, stable_hash64
 from angel_dist.shards.format import FIELDS, SAMPLE_KINDS, SampleFormatError, decode_sample, parse_npy
 from angel_dist.shards.tar import BLOCK, TarFormatError, iter_members, open_archive, split_key
+from angel_dist.shards.verify import file_identity, vouched_tars
 from angel_dist.shards.writer import MANIFEST, read_manifest
 
 
@@ -47,19 +48,24 @@ class Shard:
     index_bytes: int
     index_sha256: str
     kinds: tuple[str, ...]  # the sample kinds its set may hold
+    # (size, mtime_ns, ctime_ns) of the tar when it passed the full check (shards/verify.py): a tar
+    # that still has them is not hashed and walked again.
+    vouched: tuple[int, int, int] | None = None
 
 
 def shards_of(directory: str | Path, manifest: dict) -> list[Shard]:
     """The shards listed by a manifest that `read_manifest` has checked, once every listed tar
-    and index is found in `directory`."""
+    and index is found in `directory`, with what the set's verification record vouches for."""
     d = Path(directory)
     for i, entry in enumerate(manifest["shards"]):
         for field in ("name", "index"):
             if not (d / entry[field]).is_file():
                 raise BadInputError(d / entry[field], None, f"listed in {d / MANIFEST} (shards[{i}].{field}) "
                                                             f"but missing")
+    vouched = vouched_tars(d, manifest)
     return [Shard(str(d / s["name"]), s["count"], s["bytes"], s["sha256"], str(d / s["index"]), s["index_bytes"],
-                  s["index_sha256"], SAMPLE_KINDS[manifest["kind"]]) for s in manifest["shards"]]
+                  s["index_sha256"], SAMPLE_KINDS[manifest["kind"]], vouched.get(s["name"]))
+            for s in manifest["shards"]]
 
 
 def open_shard_sets(dirs: list[str | Path] | str | Path,
@@ -130,17 +136,29 @@ def _first_problem(buf, path: str) -> str:
 
 def open_tar(shard: Shard, offsets: np.ndarray, verify: bool):
     """The shard's tar, mapped; its size always checked against the manifest and, with `verify`,
-    its sha256 and every member (see `_walk`)."""
+    its sha256 and every member (see `_walk`), unless the set's verification record vouches for
+    the file mapped (shards/verify.py)."""
+    buf, seen = map_tar(shard)
+    check_tar(buf, shard, offsets, verify and seen != shard.vouched)
+    return buf
+
+
+def map_tar(shard: Shard):
+    """(the shard's tar mapped, the (size, mtime_ns, ctime_ns) of the file mapped)."""
     try:
-        buf = open_archive(shard.path)
+        buf, stat = open_archive(shard.path)
     except OSError as e:
         raise BadInputError(shard.path, None, f"cannot read the shard: {e.strerror}") from None
+    return buf, file_identity(stat)
+
+
+def check_tar(buf, shard: Shard, offsets: np.ndarray, verify: bool) -> None:
+    """The size of a mapped tar against the manifest and, with `verify`, its sha256 and every member."""
     if len(buf) != shard.bytes or (verify and hashlib.sha256(buf).hexdigest() != shard.sha256):
         size = f" ({len(buf)} bytes, the manifest says {shard.bytes})" if len(buf) != shard.bytes else ""
         raise BadInputError(shard.path, None, f"corrupt shard{size}: {_first_problem(buf, shard.path)}")
     if verify:
         _walk(buf, shard, offsets)
-    return buf
 
 
 def _walk(buf, shard: Shard, offsets: np.ndarray) -> None:
@@ -192,7 +210,8 @@ def _decode(shard: Shard, key: str, fields: dict) -> dict:
 
 def read_sample(buf, shard: Shard, offset: int, verified: bool = False) -> dict:
     """The sample whose first member header is at byte `offset`; `verified`: its tar passed
-    `open_tar(verify=True)`, whose strict walk leaves nothing for a strict read to catch."""
+    `open_tar(verify=True)`, whose strict walk (now or when the set was verified) leaves nothing
+    for a strict read to catch."""
     key, fields = None, {}
     try:
         for member in iter_members(buf, shard.path, start=offset, strict=not verified):
@@ -227,7 +246,7 @@ class ReaderConfig:
     bucket: bool = False  # sort each block by source length, in runs of bucket_size samples
     bucket_size: int = 512
     on_bad_input: str = "error"  # or "skip": count and drop the samples of corrupt shards
-    verify: bool = True  # check each shard's sha256 and members when a process first opens it
+    verify: bool = True  # check each shard's sha256 and members when a process first opens it (see open_tar)
     pad_to: tuple[int, ...] = ()  # increasing lengths rows are padded up to (see padded_length); () = batch maximum
 
     def order(self) -> dict:

@@ -11,6 +11,7 @@ shards only ever hold small regular files with short names, so a ustar header is
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -145,12 +146,14 @@ def iter_members(buf, path: str, start: int = 0, strict: bool = True) -> Iterato
         pos = data + size + (-size % BLOCK)
 
 
-def open_archive(path: str | Path):
-    """Map a tar file read-only; an empty file maps to empty bytes."""
+def open_archive(path: str | Path) -> tuple[bytes | mmap.mmap, os.stat_result]:
+    """Map a tar file read-only (an empty file maps to empty bytes), with the stat of the file
+    mapped: a stat of the path, before or after, might be another file's."""
     with open(path, "rb") as f:
-        if f.seek(0, 2) == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        stat = os.fstat(f.fileno())
+        if stat.st_size == 0:
+            return b"", stat
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), stat
 
 
 def split_key(name: str) -> tuple[str, str]:

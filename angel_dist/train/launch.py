@@ -28,6 +28,7 @@ from angel_dist.errors import read_json
 from angel_dist.model.vocab import check_pair, located, tokenizer_of
 from angel_dist.ray_env import init_ray
 from angel_dist.resources import find_resource
+from angel_dist.shards.verify import verified_shard_sets
 from angel_dist.train.config import TrainConfig
 
 _POLL_S = 2.0  # how often a wait for capacity looks at the cluster again
@@ -116,6 +117,7 @@ def run_training(cfg: TrainConfig) -> Path:
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "train_config.json", cfg.to_dict())
     init_ray()
+    verified_shard_sets(cfg.data, progress=cfg.progress)  # once here, not by every rank as it opens them
     label = f"train {run.name}"
     gpu, need = cfg.gpus_per_worker > 0, worker_resources(cfg)
     # Switches for tests, read here where the user set them, not in workers a running Ray started.

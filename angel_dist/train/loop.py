@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -68,19 +69,17 @@ def _fault(spec: str | None, run: Path, rank: int, step: int) -> None:
 
 def _resume_plan(root: Path, world: int, rank: int, cfg: TrainConfig) -> tuple[str | None, str | None, dict]:
     """(tag, tag to load, its meta.json): the latest checkpoint, its files checked against their
-    recorded checksums by rank 0, converted to universal on a world-size change. ZeRO stage 0
-    (ddp.json) saves the whole model and optimizer state, which any world size loads as it is
-    (DeepSpeed's converter reads only ZeRO's partitioned optimizer states); so do the slices of
-    the strategy's ZeRO-1 (angel_dist/train/partitioned_adamw.py)."""
+    recorded checksums (every rank hashes a share, rank 0 judges), converted to universal on a
+    world-size change. ZeRO stage 0 (ddp.json) saves the whole model and optimizer state, which
+    any world size loads as it is (DeepSpeed's converter reads only ZeRO's partitioned optimizer
+    states); so do the slices of the strategy's ZeRO-1 (angel_dist/train/partitioned_adamw.py)."""
     import torch.distributed as dist
 
     tag = ckpt.latest_tag(root)
     if tag is None:
         return None, None, {}
-    if rank == 0:
-        ckpt.verified_meta(root, tag)
+    meta = ckpt.verified_meta(root, tag, rank, world)
     dist.barrier()
-    meta = ckpt.read_meta(root, tag)
     changed = {k: (meta["config"].get(k), getattr(cfg, k)) for k in _FIXED if meta["config"].get(k) != getattr(cfg, k)}
     if changed:
         raise ValueError(f"{root / tag} was saved by a run with other settings (saved, now): {changed}; "
@@ -193,13 +192,14 @@ def train_worker(loop_config: dict) -> None:
 
     def save(at: int) -> None:
         tmp = f"{ckpt.tag_of(at)}.tmp"
+        if rank == 0:  # what a save a crash cut short left there (maybe of another world size) would go unclaimed
+            shutil.rmtree(root / tmp, ignore_errors=True)
         dist.barrier()
-        strategy.save(root, tmp)
-        ckpt.save_rng(root / tmp, rank)
-        dist.barrier()
+        written = strategy.save(root, tmp) + [ckpt.save_rng(root / tmp, rank)]
+        files = ckpt.gather_claims(root / tmp, written)  # each rank hashes what it wrote, all at once
         if rank == 0:
             ckpt.publish(root, tmp, ckpt.tag_of(at), {"step": at, "world_size": world, "config": cfg.to_dict(),
-                                                      "reader": loader.state_dict()}, cfg.keep_last)
+                                                      "reader": loader.state_dict()}, files, cfg.keep_last)
         dist.barrier()
 
     log = progress = None

@@ -146,6 +146,22 @@ def partition_files(dir_: Path) -> list[Path]:
     return sorted(dir_.glob(PARTITION_FILE.replace("{rank:05d}", "*")))
 
 
+def deepspeed_files(engine, root: str | Path, tag: str) -> list[Path]:
+    """The files `engine.save_checkpoint(root, tag)` wrote in this rank, named by the engine's own
+    functions under the conditions its save writes them. DeepSpeed 0.19.8, each ds_configs/ file
+    saved on 2 CPU ranks in fp32 and bf16: `mp_rank_00_model_states.pt` by rank 0 below ZeRO-3
+    (stage 0 keeps its optimizer there), `zero_pp_rank_{r}_mp_rank_00_model_states.pt` by each
+    rank r under ZeRO-3, and `zero_pp_rank_{r}_mp_rank_00_optim_states.pt` by each rank r under
+    ZeRO-2 and 3 (`bf16_zero_pp_...` in bf16). Its `zero_to_fp32.py` and `zero_to_torch.py` go to
+    `root`, outside the checkpoint. Publishing refuses a file no rank names (checkpoint.publish)."""
+    files = []
+    if engine.save_non_zero_checkpoint:
+        files.append(Path(engine._get_ckpt_name(str(root), tag)))
+    if engine.save_zero_checkpoint:
+        files.append(Path(engine._get_zero_ckpt_name(str(root), tag)))
+    return files
+
+
 class DeepSpeedStrategy:
     def __init__(self, model: torch.nn.Module, config: dict, own_gradients: bool = True):
         """`own_gradients=False` leaves even stage 0's and 1's gradients to DeepSpeed (its
@@ -231,19 +247,23 @@ class DeepSpeedStrategy:
         self.engine.step()
         return boundary
 
-    def save(self, root: str | Path, tag: str) -> None:
-        """Every rank writes its shards of model and optimizer state into root/tag. Our own state
+    def save(self, root: str | Path, tag: str) -> list[Path]:
+        """Every rank writes its shards of model and optimizer state into root/tag; returns the files
+        this rank wrote (it hashes them for meta.json: angel_dist/train/checkpoint.py). Our own state
         (step, reader, RNG) goes to JSON beside them, not into DeepSpeed's pickles."""
         if not self.partitioned:
             self.engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-            return
+            return deepspeed_files(self.engine, root, tag)
         import torch.distributed as dist
 
         out = Path(root) / tag
         out.mkdir(parents=True, exist_ok=True)
+        files = [out / PARTITION_FILE.format(rank=dist.get_rank())]
         if dist.get_rank() == 0:
             torch.save({"module": self.engine.module.state_dict()}, out / MODEL_STATES)
-        torch.save(self.optimizer.partition_state(), out / PARTITION_FILE.format(rank=dist.get_rank()))
+            files.append(out / MODEL_STATES)
+        torch.save(self.optimizer.partition_state(), files[0])
+        return files
 
     def load(self, root: str | Path, tag: str) -> None:
         from angel_dist.train.safe_load import weights_only_loads
