@@ -299,6 +299,9 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-size", type=int, default=32, help="requests per search (1: one at a time)")
     sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     sv.add_argument("--cpus-per-replica", type=float, default=1.0)
+    sv.add_argument("--gpus-per-replica", type=float, default=0.0,
+                    help="Ray's num_gpus of each replica, from 0 to 1 (a fraction shares a GPU); the replica runs "
+                         "on the GPU Ray gives it, on the CPU with 0")
     sv.set_defaults(run=_serve)
 
     ru = groups.add_parser("run", help="run (or resume) a whole recipe: KB to report")
@@ -489,7 +492,8 @@ def _serve(args) -> None:
 
     url = start_service(ServeConfig(bundle=args.bundle, host=args.host, port=args.port, replicas=args.replicas,
                                     beams=args.beams, max_batch_size=args.max_batch_size,
-                                    batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica))
+                                    batch_wait_ms=args.batch_wait_ms, cpus_per_replica=args.cpus_per_replica,
+                                    gpus_per_replica=args.gpus_per_replica))
 
     def stop(signum, frame):
         raise KeyboardInterrupt

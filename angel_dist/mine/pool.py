@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from angel_dist.mine.work import GoldNames, MineSettings, mine_shard, predict_shard
 from angel_dist.placement import here, record
-from angel_dist.ray_env import init_ray
+from angel_dist.ray_env import init_ray, raise_gpu_refusal
 from angel_dist.shards.reader import Shard
 
 
@@ -28,7 +28,8 @@ class ShardWorker:
         from angel_dist.ray_env import assigned_device
 
         torch.set_num_threads(max(1, threads))
-        # The device this actor was given, decided here rather than where the pool was started.
+        # The device this actor was given, decided here rather than where the pool was started; given
+        # a GPU that torch cannot use, the actor refuses to start.
         self.linker = Linker(**{**linker, "device": assigned_device()})
         self.settings = settings
         self.gold_names = GoldNames(self.linker.trie.names()) if settings.gold_fallback else None
@@ -84,7 +85,11 @@ def run_pool(method: str, jobs: list[tuple], linker: dict, settings: MineSetting
                                              max_task_retries=3, runtime_env={"env_vars": env},
                                              scheduling_strategy="SPREAD" if placement == "SPREAD" else "DEFAULT")
     handles = [worker.remote(linker, settings, threads, fault, fault_dir) for _ in range(max(1, min(actors, len(jobs))))]
-    ray.get([actor.ready.remote() for actor in handles])
+    try:
+        ray.get([actor.ready.remote() for actor in handles])
+    except ray.exceptions.RayActorError as e:  # an actor refused its GPU: its message, not Ray's traceback
+        raise_gpu_refusal(str(e), e)
+        raise
     if on_ready is not None:
         on_ready()
     pool = ActorPool(handles)

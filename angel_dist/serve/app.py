@@ -39,10 +39,12 @@ class LinkService:
 
         from angel_dist.bundle import read_bundle
         from angel_dist.decode.linker import Linker
+        from angel_dist.ray_env import assigned_device
 
         torch.set_num_threads(max(1, threads))
-        # The driver checked the bundle's hashes; a replica checks its files' sizes.
-        self.linker = Linker.from_bundle(bundle, verify=False, beams=beams)
+        # The driver checked the bundle's hashes; a replica checks its files' sizes. The device is
+        # the one Ray gave this replica (--gpus-per-replica), the CPU without one.
+        self.linker = Linker.from_bundle(bundle, verify=False, beams=beams, device=assigned_device())
         self.name = read_bundle(bundle, verify=False)["name"]
         self.link_batch.set_max_batch_size(max_batch_size)
         self.link_batch.set_batch_wait_timeout_s(batch_wait_s)

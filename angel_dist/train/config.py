@@ -26,7 +26,7 @@ class TrainConfig:
     out: str = "runs/train"
     # Ranks: a number, or [MIN, MAX]: each (re)start takes as many as the live nodes hold, at least MIN.
     workers: PositiveInt | list[PositiveInt] = 1
-    gpus_per_worker: NonNegativeFloat = 0.0
+    gpus_per_worker: NonNegativeFloat = 0.0  # a fraction only with one rank (workers: 1 or [1, 1])
     cpus_per_worker: PositiveFloat = 1.0
     worker_resources: dict[str, PositiveFloat] = field(default_factory=dict)  # custom Ray resources of each rank
     placement: Literal[PLACEMENTS] = "PACK"  # how the ranks spread over nodes (Ray placement group strategy)
@@ -72,6 +72,15 @@ class TrainConfig:
             raise ConfigError("pad_to_buckets", f"expected at most {MAX_PAD_BUCKETS} increasing lengths, got {pad}")
         if isinstance(self.workers, list) and (len(self.workers) != 2 or self.workers[0] > self.workers[1]):
             raise ConfigError("workers", f"expected a number or [MIN, MAX] with MIN <= MAX, got {self.workers}")
+        gpus = self.gpus_per_worker
+        # Ray packs fractional GPUs onto one device, and NCCL refuses two ranks on one GPU or hangs. One
+        # rank shares its GPU with nothing of this run's; under [MIN, MAX] a start may take MAX ranks.
+        if 0 < gpus < 1 and self.max_workers > 1:
+            raise ConfigError("gpus_per_worker", f"{gpus:g} with workers {self.workers} lets Ray put two ranks on one "
+                                                 f"GPU, where NCCL refuses or hangs; give each rank a whole GPU (1), "
+                                                 f"or run one rank (workers: 1)")
+        if gpus > 1 and gpus != int(gpus):
+            raise ConfigError("gpus_per_worker", f"above 1, expected a whole number of GPUs, got {gpus:g}")
 
     @property
     def min_workers(self) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 from angel_dist.atomic import write_json
 from angel_dist.errors import read_json
 from angel_dist.model.vocab import check_pair, located, tokenizer_of
-from angel_dist.ray_env import init_ray
+from angel_dist.ray_env import init_ray, raise_gpu_refusal
 from angel_dist.resources import find_resource
 from angel_dist.shards.verify import verified_shard_sets
 from angel_dist.train.config import TrainConfig
@@ -140,6 +140,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 trainer.fit()
                 break
             except ControllerError as e:
+                raise_gpu_refusal(str(e), e)
                 if not isinstance(e.controller_failure, (WorkerGroupStartupFailedError,
                                                          WorkerGroupStartupTimeoutError)):
                     raise
@@ -148,6 +149,7 @@ def run_training(cfg: TrainConfig) -> Path:
                       f"the group again", flush=True)
             except WorkerGroupError as e:
                 _raise_bad_input(e)  # a refused checkpoint file is refused again on a restart
+                raise_gpu_refusal(str(e), e)
                 failures += 1
                 if failures > cfg.max_failures >= 0:
                     raise

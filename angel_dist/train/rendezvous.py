@@ -60,6 +60,10 @@ class _BoundRendezvousBackend(_TorchBackend):
 
         import ray
 
+        from angel_dist.ray_env import assigned_device
+
+        # A rank given a GPU that torch cannot use refuses here, before NCCL fails on it with less to say.
+        worker_group.execute(assigned_device)
         address, port = worker_group.execute_single(0, _serve_store, len(worker_group))
         worker_group.execute(_rendezvous_env, address=address, port=port)
         if not isinstance(worker_group, V1WorkerGroup):  # as Ray's backend does: v1 sets them later
