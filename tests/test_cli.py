@@ -232,7 +232,8 @@ def test_submit_uploads_the_whole_package_and_leaves_out_data_and_runs(tmp_path)
                                   f'print(json.dumps(sys.argv[1:]))" "$@"\n')
     (tmp_path / "ray").chmod(0o755)
     done = subprocess.run(["bash", str(ROOT / "launchers" / "submit.sh"), "launchers/recipes/demo-hpo.yaml"],
-                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+                               "RUN_DIR": str(tmp_path / "run")},  # relative, it would ask the stand-in for nodes
                           capture_output=True, text=True, check=True)
     argv = json.loads(done.stdout)
     assert argv[:2] == ["job", "submit"] and argv[argv.index("--working-dir") + 1] == "."
