@@ -320,6 +320,17 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--run-dir", default="runs/demo")
     de.add_argument("--quiet", action="store_true", help="no progress bars or training progress lines")
     de.set_defaults(run=_demo)
+    pf = groups.add_parser("preflight", help="before a long job, on one node: versions, the recipe, a few training "
+                                             "steps of its model with a save and a resume, a mining batch, the "
+                                             "first DPO loss, tokens/s, MFU and the search's speed")
+    pf.add_argument("recipe", help="the recipe of the job (launchers/recipes/)")
+    pf.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted recipe overrides, as for angel run")
+    pf.add_argument("--work-dir", help="where it writes, kept (default: a temporary directory, removed)")
+    pf.add_argument("--steps", type=int, default=8, help="training steps before the save; the resume trains half "
+                                                         "as many more")
+    pf.add_argument("--json", action="store_true", help="print the report as JSON")
+    pf.add_argument("--quiet", action="store_true", help="no line on stderr as each check ends")
+    pf.set_defaults(run=_preflight)
     return p
 
 
@@ -545,6 +556,15 @@ def _demo(args) -> None:
     if args.model:
         args.overrides.append(f"model={args.model}")
     _run(args)
+
+
+def _preflight(args) -> None:
+    from angel_dist.preflight import format_report, raise_on_failure, run_preflight
+
+    say = None if args.quiet else (lambda line: print(f"[preflight] {line}", file=sys.stderr, flush=True))
+    report = run_preflight(args.recipe, args.overrides, work_dir=args.work_dir, steps=args.steps, say=say)
+    print(json.dumps(report, indent=2) if args.json else format_report(report), flush=True)
+    raise_on_failure(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,18 +54,11 @@ def stage_data(work: str) -> dict:
     return {"examples": manifest["total"]}
 
 
-def _steady_rates(run_dir: Path) -> dict:
-    """Mean tokens/s and samples/s of a run's logged intervals after the first (the warm-up)."""
-    from angel_dist.train.metrics import read_metrics
-
-    metrics = read_metrics(run_dir)
-    steady = metrics[1:] or metrics
-    return {k: sum(m[k] for m in steady) / len(steady) for k in ("tokens_per_s", "samples_per_s")}
-
-
 def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds: str) -> dict:
     from angel_dist.train import TrainConfig
     from angel_dist.train.launch import run_training
+    from angel_dist.train.metrics import read_metrics
+    from angel_dist.train.throughput import steady_rates
 
     w = Path(work)
     out = w / f"engine-{ds}-{workers}w"
@@ -75,7 +68,7 @@ def stage_engine(work: str, model: str, workers: int, batch: int, steps: int, ds
                       max_steps=steps, log_every=steps // 3, save_every=10 ** 9, progress=False, loader_workers=1,
                       cpus_per_worker=1.0)
     run_training(cfg)
-    return {"workers": workers, "ds_config": ds, **_steady_rates(out)}
+    return {"workers": workers, "ds_config": ds, **steady_rates(read_metrics(out))}
 
 
 def _batches(work: str, batch: int, n: int, kind: str = "examples"):
@@ -197,36 +190,6 @@ def stage_dpo(work: str, model_name: str, batch: int, steps: int, live: bool) ->
             "model_bytes": models * sum(p.numel() * p.element_size() for p in policy.parameters())}
 
 
-# Dense bf16 peak of the accelerators MFU is quoted against (datasheet, SXM parts).
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def model_flops_per_token(model, work: str, sample_limit: int = 4000) -> float:
-    """Training FLOPs per token read (forward and backward, 3x the forward), padding excluded,
-    on the lengths of the examples: every weight matrix, 2 FLOPs per multiply-add, touched by
-    the tokens of its stack (encoder: source tokens; decoder and LM head: decoder tokens), plus
-    the attention products (encoder self, decoder causal self, cross). Not TRL's
-    compute_flops_per_token: it models a causal LM at one sequence length, not BART's two stacks
-    over the lengths of each example."""
-    from angel_dist.shards.reader import iter_shard, open_shard_sets
-
-    c = model.config
-    embeddings = {id(model.get_input_embeddings().weight)}
-    per_token = {"encoder": 0, "decoder": 0}
-    for name, w in model.named_parameters():
-        if w.dim() == 2 and id(w) not in embeddings and "embed_positions" not in name:
-            per_token["encoder" if ".encoder." in name else "decoder"] += w.numel()
-    per_token["decoder"] += model.get_output_embeddings().weight.numel()  # the LM head, tied to the embeddings
-    shards, _ = open_shard_sets(Path(work) / "examples")
-    flops = tokens = 0.0
-    for s in itertools.islice((s for shard in shards for s in iter_shard(shard)), sample_limit):
-        ls, ld = len(s["source_ids"]), 1 + len(s["prefix_ids"]) + len(s["target_ids"])
-        forward = 2 * (per_token["encoder"] * ls + per_token["decoder"] * ld)
-        forward += 4 * c.d_model * (c.encoder_layers * ls * ls + c.decoder_layers * (ld * (ld + 1) / 2 + ld * ls))
-        flops, tokens = flops + 3 * forward, tokens + ls + ld
-    return flops / tokens
-
-
 def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> dict:
     """One engine rank (the loop and its DeepSpeed strategy) in this process, on its GPU when it
     has one, world size 1: `train_worker` holds no Ray, so a step is what a Ray Train worker
@@ -240,6 +203,7 @@ def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> d
     from angel_dist.train import TrainConfig
     from angel_dist.train.loop import train_worker
     from angel_dist.train.metrics import read_metrics
+    from angel_dist.train.throughput import model_flops_per_token, peak_flops, steady_rates
 
     w = Path(work)
     gpu = torch.cuda.is_available()
@@ -257,13 +221,14 @@ def stage_rank(work: str, model_name: str, batch: int, steps: int, ds: str) -> d
     t = time.perf_counter()
     train_worker({"config": cfg.to_dict(), "fault": None})
     seconds = time.perf_counter() - t
-    rates = _steady_rates(out)
+    metrics = read_metrics(out)
+    rates = steady_rates(metrics)
     tokens_per_s = rates["tokens_per_s"]
-    losses = [m["loss"] for m in read_metrics(out)]
+    losses = [m["loss"] for m in metrics]
     model = load_model(model_name, load_tokenizer(w / "tok"))
-    flops_token = model_flops_per_token(model, work)
+    flops_token = model_flops_per_token(model, w / "examples")
     name = torch.cuda.get_device_name() if gpu else "cpu"
-    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    peak = peak_flops(name)
     report = {"device": name, "model": model_name, "parameters": sum(p.numel() for p in model.parameters()),
               "ds_config": ds, "bf16": gpu, "micro_batch": batch, "steps": steps, **rates,
               "model_tflops_per_s": tokens_per_s * flops_token / 1e12, "flops_per_token": flops_token,

@@ -83,9 +83,10 @@ def search_inputs(model: str, trie_dir: str, data: str, progress: bool = True):
     return model_dir, fingerprint, trie, shards
 
 
-def mine(cfg: MineConfig, on_shard=None) -> dict:
+def mine(cfg: MineConfig, on_shard=None, on_ready=None) -> dict:
     """Mine pairs; a rerun skips complete pair shards. Returns the pair set's manifest.
-    `on_shard(result)` is called in the driver as each pair shard completes."""
+    `on_shard(result)` is called in the driver as each pair shard completes, `on_ready()` once
+    every actor holds its model (the search's own time starts there)."""
     from angel_dist.train.export import model_fingerprint
 
     model_dir, fingerprint, trie, shards = search_inputs(cfg.model, cfg.trie, cfg.data, cfg.progress)
@@ -104,7 +105,7 @@ def mine(cfg: MineConfig, on_shard=None) -> dict:
                                        cfg.temperature),
              settings, cfg.actors, cfg.cpus_per_actor, cfg.gpus_per_actor, fault=os.environ.get(FAULT_ENV) or None,
              fault_dir=str(plan.out), total_inputs=sum(shards[i].count for i in pending), progress=cfg.progress,
-             desc="mine", unit="example", on_result=on_shard, placement=cfg.placement)
+             desc="mine", unit="example", on_result=on_shard, on_ready=on_ready, placement=cfg.placement)
     manifest = finish(plan)
     write_trl_parquet(plan.out)
     return manifest
